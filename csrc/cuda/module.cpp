@@ -1,0 +1,131 @@
+// pybind11 bindings of the CUDA module fastseg._C_cuda, compiled by the host compiler.
+//
+// The module does not link libtorch: tensors cross as raw device pointers (Python ints from
+// `tensor.data_ptr()`) plus their shapes, and the stream as an int
+// (`torch.cuda.current_stream().cuda_stream`). The caller (fastseg/ops/_cuda.py) allocates every
+// output and scratch buffer with torch on the right device and keeps them alive; these bindings
+// validate the arguments (second line after the Python wrapper), release the GIL and launch.
+// std::invalid_argument surfaces in Python as ValueError, std::runtime_error (a failed launch) as
+// RuntimeError.
+//
+// The CUDA runtime is linked statically and touches the driver only when called, so importing
+// this module works on a machine without a GPU or a driver; device_count() then returns 0.
+#include <cuda_runtime_api.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fastseg/resample.h"
+#include "kernels.cuh"
+
+namespace py = pybind11;
+using namespace fastseg;
+
+namespace {
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+template <typename T>
+std::string list_str(const std::vector<T>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += std::to_string(v[i]) + (i + 1 < v.size() ? ", " : "");
+  return s + "]";
+}
+
+// A device pointer passed as a Python int; null is allowed only for an empty array.
+template <typename T>
+T* device_pointer(std::uintptr_t address, int64_t elements, const char* name) {
+  require(address != 0 || elements == 0,
+          std::string(name) + " is a null pointer but must hold " + std::to_string(elements) + " elements");
+  return reinterpret_cast<T*>(address);
+}
+
+cudaStream_t stream_of(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// in (outer, n_in, inner) float32 -> out (outer, n_out, inner); coef (outer, n_in + 2 * SPLINE_PAD,
+// inner) float32 scratch for order 3, 0 otherwise.
+void resample_axis(std::uintptr_t in_ptr, std::uintptr_t out_ptr, std::uintptr_t coef_ptr, int64_t outer,
+                   int64_t n_in, int64_t inner, int64_t n_out, int order, std::uintptr_t stream) {
+  require(order == 0 || order == 1 || order == 3, "order must be 0, 1 or 3, got " + std::to_string(order));
+  require(outer >= 0 && inner >= 0,
+          "outer and inner must be >= 0, got outer=" + std::to_string(outer) + ", inner=" + std::to_string(inner));
+  require(n_in > 0, "n_in (the resampled axis) must be positive, got " + std::to_string(n_in));
+  require(n_out > 0, "n_out must be positive, got " + std::to_string(n_out));
+  const float* in = device_pointer<const float>(in_ptr, outer * n_in * inner, "in");
+  float* out = device_pointer<float>(out_ptr, outer * n_out * inner, "out");
+  float* coef = order == 3 ? device_pointer<float>(coef_ptr, outer * (n_in + 2 * kSplinePad) * inner, "coef") : nullptr;
+  py::gil_scoped_release release;
+  cuda::resample_axis(in, out, coef, outer, n_in, inner, n_out, order, stream_of(stream));
+}
+
+template <typename L>
+void resample_seg_typed(std::uintptr_t in_ptr, std::uintptr_t out_ptr, const int64_t* in_shape,
+                        const int64_t* out_shape, const int* orders, bool strict, bool zero_is_label,
+                        std::uintptr_t stream) {
+  const L* in = device_pointer<const L>(in_ptr, in_shape[0] * in_shape[1] * in_shape[2] * in_shape[3], "in");
+  L* out = device_pointer<L>(out_ptr, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3], "out");
+  py::gil_scoped_release release;
+  cuda::resample_seg<L>(in, out, in_shape, out_shape, orders, strict, zero_is_label, stream_of(stream));
+}
+
+// in (C, D, H, W) labels -> out (C, D', H', W') of the same dtype.
+void resample_seg(std::uintptr_t in_ptr, std::uintptr_t out_ptr, const std::vector<int64_t>& in_shape,
+                  const std::vector<int64_t>& out_shape, const std::vector<int>& orders, bool strict,
+                  bool zero_is_label, const std::string& dtype, std::uintptr_t stream) {
+  require(in_shape.size() == 4, "in_shape must be (C, D, H, W), got " + list_str(in_shape));
+  require(out_shape.size() == 4, "out_shape must be (C, D', H', W'), got " + list_str(out_shape));
+  require(orders.size() == 3, "orders must have 3 entries (z, y, x), got " + list_str(orders));
+  require(in_shape[0] == out_shape[0], "in_shape and out_shape must have the same channel count, got " +
+                                           list_str(in_shape) + " and " + list_str(out_shape));
+  for (int a = 0; a < 4; ++a)
+    require(in_shape[a] >= 0 && out_shape[a] >= 0,
+            "shapes must not be negative, got " + list_str(in_shape) + " and " + list_str(out_shape));
+  for (int a = 0; a < 3; ++a) {
+    require(orders[a] == 0 || orders[a] == 1, "segmentation orders must be 0 or 1, got " + list_str(orders));
+    require(out_shape[a + 1] > 0, "out_shape spatial entries must be positive, got " + list_str(out_shape));
+    require(in_shape[a + 1] > 0, "in_shape spatial entries must be positive (seg must not be empty), got " +
+                                     list_str(in_shape));
+  }
+  const int64_t* is = in_shape.data();
+  const int64_t* os = out_shape.data();
+  const int* o = orders.data();
+  if (dtype == "int8") return resample_seg_typed<int8_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  if (dtype == "uint8") return resample_seg_typed<uint8_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  if (dtype == "int16") return resample_seg_typed<int16_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  if (dtype == "uint16") return resample_seg_typed<uint16_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  if (dtype == "int32") return resample_seg_typed<int32_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  if (dtype == "int64") return resample_seg_typed<int64_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  throw std::invalid_argument("dtype must be one of 'int8', 'uint8', 'int16', 'uint16', 'int32', 'int64', got '" +
+                              dtype + "'");
+}
+
+// Number of CUDA devices; 0 when there is no device or no (recent enough) driver.
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the error so that it does not surface at the next launch check
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "fastseg CUDA kernels on raw device pointers. Use fastseg.ops, which validates and dispatches.";
+  m.attr("SPLINE_PAD") = kSplinePad;
+  m.def("resample_axis", &resample_axis, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("coef_ptr"), py::arg("outer"),
+        py::arg("n_in"), py::arg("inner"), py::arg("n_out"), py::arg("order"), py::arg("stream"),
+        "One axis of a separable resample: float32 (outer, n_in, inner) -> (outer, n_out, inner). coef_ptr: float32 "
+        "scratch (outer, n_in + 2 * SPLINE_PAD, inner) for order 3, 0 otherwise.");
+  m.def("resample_seg", &resample_seg, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("in_shape"),
+        py::arg("out_shape"), py::arg("orders"), py::arg("strict"), py::arg("zero_is_label"), py::arg("dtype"),
+        py::arg("stream"), "Segmentation resample by label vote: (C, D, H, W) -> (C, D', H', W'), same dtype.");
+  m.def("device_count", &device_count, "Number of CUDA devices; 0 without a device or driver.");
+}

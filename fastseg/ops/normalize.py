@@ -1,0 +1,177 @@
+"""Intensity normalization with the semantics of nnunetv2's normalization classes.
+
+One reduction pass for the statistics a scheme needs (double accumulators), one fused pass that
+reads any numeric dtype and writes float32. CPU arrays run in `fastseg._C`; CUDA tensors run the
+Triton kernels of `fastseg.ops.triton.normalize`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fastseg import _native
+from fastseg.ops._arrays import back, kind_of, native_contiguous, to_numpy
+
+#: nnU-Net's scheme names, as plans.json spells them.
+SCHEMES = (
+    "CTNormalization",
+    "ZScoreNormalization",
+    "RescaleTo01Normalization",
+    "RGBTo01Normalization",
+    "NoNormalization",
+)
+
+# nnU-Net's eps for float32 targets: denominators never fall below it.
+_EPS = 1e-8
+_CT_KEYS = ("mean", "std", "percentile_00_5", "percentile_99_5")
+
+
+def look_up_scheme(scheme: str) -> str:
+    """Validates a scheme name, suggesting the closest one when it is unknown."""
+    if scheme in SCHEMES:
+        return scheme
+    close = difflib.get_close_matches(str(scheme), SCHEMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown normalization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}.{hint}")
+
+
+class _Cpu:
+    def __init__(self) -> None:
+        self.C = _native.cpu()
+
+    def moments(self, x, mask) -> dict:
+        return self.C.moments(x, mask)
+
+    def apply(self, x, mask, lo, hi, shift, denom, clip):
+        return self.C.normalize_apply(x, mask, lo, hi, shift, denom, clip)
+
+
+class _Triton:
+    def __init__(self) -> None:
+        from fastseg.ops.triton import normalize as kernels
+
+        self.k = kernels
+
+    def moments(self, x, mask) -> dict:
+        return self.k.moments(x, mask)
+
+    def apply(self, x, mask, lo, hi, shift, denom, clip):
+        return self.k.normalize_apply(x, mask, lo, hi, shift, denom, clip)
+
+
+def _raise_nonfinite(count: int) -> None:
+    if count:
+        raise ValueError(f"data contains {count} NaN or infinite values; fix or mask them before normalizing")
+
+
+def normalize(
+    data: Any,
+    scheme: str,
+    *,
+    intensity_properties: Mapping[str, float] | None = None,
+    mask: Any = None,
+) -> Any:
+    """Normalizes one channel with an nnU-Net scheme and returns float32.
+
+    Args:
+        data: one channel, any shape (numpy array or torch tensor, CPU or CUDA), any float or
+            integer dtype, any layout or byte order. To normalize a multi-channel image, call this
+            per channel with that channel's scheme from the plans.
+        scheme: "CTNormalization", "ZScoreNormalization", "RescaleTo01Normalization",
+            "RGBTo01Normalization" or "NoNormalization".
+        intensity_properties: for CTNormalization, the channel's foreground statistics from the
+            dataset fingerprint: "mean", "std", "percentile_00_5", "percentile_99_5".
+        mask: bool array with data's shape, used by ZScoreNormalization only (nnU-Net's
+            use_mask_for_norm: statistics over the mask, voxels outside keep their value); other
+            schemes ignore it, as nnU-Net's do. Default None (whole image).
+
+    Returns:
+        float32 array of data's shape, the same kind as `data`.
+
+    Raises:
+        ValueError: unknown scheme, missing or non-finite intensity properties, mask shape
+            mismatch, NaN/Inf in data, RGB values outside [0, 255], or an empty mask.
+        TypeError: data is not an array/tensor or has a non-numeric dtype.
+    """
+    scheme = look_up_scheme(scheme)
+    kind = kind_of(data, "data")
+    if kind.is_cuda:
+        backend: Any = _Triton()
+        x = data
+        if x.is_complex() or str(x.dtype) == "torch.bool":
+            raise TypeError(f"data dtype must be a float or integer type, got {x.dtype}")
+    else:
+        backend = _Cpu()
+        x = to_numpy(data)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"data dtype must be a float or integer type, got {x.dtype}")
+        if x.dtype == np.float16:
+            x = x.astype(np.float32)
+        x = native_contiguous(x)
+
+    m = None
+    if scheme == "ZScoreNormalization" and mask is not None:
+        if tuple(mask.shape) != tuple(data.shape):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(data.shape)}")
+        if kind.is_cuda:
+            m = mask.to(device=data.device).contiguous()
+        else:
+            m = native_contiguous(np.asarray(to_numpy(mask)), np.bool_)
+
+    if scheme == "CTNormalization":
+        props = _ct_properties(intensity_properties)
+        lo, hi = props["percentile_00_5"], props["percentile_99_5"]
+        out, nonfinite = backend.apply(x, None, lo, hi, props["mean"], max(props["std"], _EPS), True)
+        _raise_nonfinite(nonfinite)
+        return out if kind.is_cuda else back(out, kind)
+
+    if scheme == "NoNormalization":
+        out, nonfinite = backend.apply(x, None, 0.0, 0.0, 0.0, 1.0, False)
+        _raise_nonfinite(nonfinite)
+        return out if kind.is_cuda else back(out, kind)
+
+    stats = backend.moments(x, m)
+    _raise_nonfinite(stats["nonfinite"])
+    if stats["count"] == 0:
+        where = "inside the mask" if m is not None else "in data"
+        raise ValueError(f"no voxels {where} to compute normalization statistics from (shape {tuple(data.shape)})")
+    if scheme == "ZScoreNormalization":
+        # nnU-Net computes the statistics of the float32 image; ours are accumulated in double.
+        mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
+        out, _ = backend.apply(x, m, 0.0, 0.0, float(mean), float(max(std, np.float32(_EPS))), False)
+    elif scheme == "RescaleTo01Normalization":
+        lo = np.float32(stats["min"])
+        span = np.float32(np.float32(stats["max"]) - lo)
+        out, _ = backend.apply(x, None, 0.0, 0.0, float(lo), float(max(span, np.float32(_EPS))), False)
+    else:  # RGBTo01Normalization
+        if stats["min"] < 0 or stats["max"] > 255:
+            raise ValueError(
+                f"RGBTo01Normalization expects values in [0, 255] (8-bit RGB), found [{stats['min']}, {stats['max']}]; "
+                "use ZScoreNormalization or RescaleTo01Normalization for other images"
+            )
+        out, _ = backend.apply(x, None, 0.0, 0.0, 0.0, 255.0, False)
+    return out if kind.is_cuda else back(out, kind)
+
+
+def _ct_properties(props: Mapping[str, float] | None) -> dict:
+    if props is None:
+        raise ValueError(
+            "CTNormalization needs intensity_properties with the foreground 'mean', 'std', 'percentile_00_5' "
+            "and 'percentile_99_5' of the channel (dataset_fingerprint.json: foreground_intensity_properties_per_channel)"
+        )
+    missing = [k for k in _CT_KEYS if k not in props]
+    if missing:
+        raise ValueError(f"intensity_properties lacks {missing}; got keys {sorted(props)}")
+    values = {k: float(props[k]) for k in _CT_KEYS}
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        raise ValueError(f"intensity_properties must be finite, got {bad}")
+    if values["percentile_00_5"] > values["percentile_99_5"]:
+        raise ValueError(
+            f"percentile_00_5 ({values['percentile_00_5']}) exceeds percentile_99_5 ({values['percentile_99_5']})"
+        )
+    return values
