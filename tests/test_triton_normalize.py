@@ -1,53 +1,72 @@
 """Triton normalization kernels (fastseg/ops/triton/normalize.py) under the Triton interpreter on CPU
 tensors, against an independent numpy reference in float64 (statistics) and float32 (the map).
 
-How the interpreter is switched on: ``@triton.jit`` decides between a compiled and an interpreted
-kernel when it decorates the function, reading ``TRITON_INTERPRET`` at that moment (triton >= 3.0). So
-this module loads its own private copy of ``normalize.py`` from the file path with the variable set,
-then restores the environment. That works whether or not triton, or the package module, was imported
-earlier in the session, does not leak the setting into other test modules (CUDA tests keep compiled
-kernels), and does not import ``fastseg/__init__.py`` or the compiled ``fastseg._C``.
+How the interpreter is switched on. Triton fixes its mode per process: ``TRITON_INTERPRET=1`` must be in
+the environment when ``triton.language`` is imported (its own ``@triton.jit`` helpers such as ``tl.sum``
+are decorated then), and interpreted and compiled kernels cannot be mixed in one process. So:
+
+* if the variable is already set, or triton is not imported yet and there is no CUDA device (nothing
+  could use compiled kernels here anyway), this module sets the variable *before* importing triton and
+  runs every case in this process, with per-case results;
+* otherwise (triton was imported in compiled mode earlier in the session, or a GPU is present and
+  other tests may need compiled kernels), the per-case tests skip and ``test_cases_in_interpreter_subprocess``
+  reruns this file in a child process with ``TRITON_INTERPRET=1``.
+
+The kernel module is loaded from its file path, so neither ``fastseg/__init__.py`` nor the compiled
+``fastseg._C`` is needed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed; the Triton kernels cannot be tested")
 torch = pytest.importorskip("torch", reason="torch is not installed")
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed; the Triton kernels cannot be tested", allow_module_level=True)
 
-_MODULE_PATH = Path(__file__).resolve().parents[1] / "fastseg" / "ops" / "triton" / "normalize.py"
+_REPO = Path(__file__).resolve().parents[1]
+_MODULE_PATH = _REPO / "fastseg" / "ops" / "triton" / "normalize.py"
+
+if os.environ.get("TRITON_INTERPRET") != "1" and "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton in this process
+
+import triton  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+IN_INTERPRETER = isinstance(triton.language.sum, InterpretedFunction)
+_NOT_INTERPRETED = (
+    "triton runs compiled kernels in this process (imported earlier, or a CUDA device is present); "
+    "these cases run in a child process under TRITON_INTERPRET=1 (test_cases_in_interpreter_subprocess)"
+)
 
 
-@contextlib.contextmanager
-def _environ(**values: str):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-def _load_interpreted():
+@pytest.fixture(scope="module")
+def tn():
+    """The kernel module, loaded from its file under the interpreter."""
+    if not IN_INTERPRETER:
+        pytest.skip(_NOT_INTERPRETED)
     spec = importlib.util.spec_from_file_location("_fastseg_triton_normalize_interpreted", _MODULE_PATH)
     module = importlib.util.module_from_spec(spec)
-    with _environ(TRITON_INTERPRET="1"):
-        spec.loader.exec_module(module)
+    spec.loader.exec_module(module)
     return module
 
 
-tn = _load_interpreted()
+@pytest.mark.skipif(IN_INTERPRETER, reason="this process already runs the cases under the Triton interpreter")
+def test_cases_in_interpreter_subprocess():
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
+           "--import-mode=importlib"]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(cmd, cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"interpreter run failed ({' '.join(cmd)}):\n{output}"
+
 
 # --------------------------------------------------------------------------------------------------
 # References (numpy, independent of the kernels' algorithm: plain float64 mean/std over a selection)
@@ -65,7 +84,8 @@ def _ref_moments(a: np.ndarray, mask: np.ndarray | None) -> dict:
 
 
 def _ref_apply(a, mask, lo, hi, shift, denom, clip) -> tuple[np.ndarray, int]:
-    v = a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        v = a.astype(np.float32)
     f32 = np.float32
     y = np.where(v < f32(lo), f32(lo), np.where(v > f32(hi), f32(hi), v)) if clip else v
     with np.errstate(invalid="ignore", over="ignore"):
@@ -96,7 +116,8 @@ def _random(shape, dtype: torch.dtype, seed: int, loc: float = 0.0, scale: float
     return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=np_dtype)
 
 
-ALL_DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in tn.SUPPORTED_DTYPES]
+_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+ALL_DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in _DTYPES]
 
 # --------------------------------------------------------------------------------------------------
 # moments
@@ -104,7 +125,7 @@ ALL_DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in tn.SUPP
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("masked", [pytest.param(False, id="nomask"), pytest.param(True, id="mask")])
-def test_moments_dtypes(dtype, masked):
+def test_moments_dtypes(tn, dtype, masked):
     a = _random((3, 17, 257), dtype, seed=1, loc=100.0, scale=20.0)
     mask = np.random.default_rng(2).random(a.shape) < 0.3 if masked else None
     got = tn.moments(torch.from_numpy(a), None if mask is None else torch.from_numpy(mask))
@@ -114,14 +135,14 @@ def test_moments_dtypes(dtype, masked):
 @pytest.mark.parametrize(
     "n", [pytest.param(n, id=f"n{n}") for n in (1, 2, 127, 128, 129, 255, 256, 4095, 4096, 4097, 8193)]
 )
-def test_moments_block_boundaries(n):
+def test_moments_block_boundaries(tn, n):
     a = _random((n,), torch.float32, seed=n, loc=-3.0, scale=7.0)
     mask = np.arange(n) % 3 != 1
     _check_moments(tn.moments(torch.from_numpy(a), None), _ref_moments(a, None), torch.float32)
     _check_moments(tn.moments(torch.from_numpy(a), torch.from_numpy(mask)), _ref_moments(a, mask), torch.float32)
 
 
-def test_moments_odd_shape_1823x781():
+def test_moments_odd_shape_1823x781(tn):
     a = _random((1823, 781), torch.float32, seed=3, loc=1000.0, scale=50.0)
     mask = a > 1010.0
     _check_moments(tn.moments(torch.from_numpy(a), torch.from_numpy(mask)), _ref_moments(a, mask), torch.float32)
@@ -134,13 +155,13 @@ def test_moments_odd_shape_1823x781():
         pytest.param(torch.float64, 1.0e9, 1.0e-3, id="f64-1e9+-1e-3"),
     ],
 )
-def test_moments_far_from_zero(dtype, loc, scale):
+def test_moments_far_from_zero(tn, dtype, loc, scale):
     # Variance tiny against the squared mean: a naive sum-of-squares formula cancels catastrophically.
     a = _random((5, 1001), dtype, seed=4, loc=loc, scale=scale)
     _check_moments(tn.moments(torch.from_numpy(a), None), _ref_moments(a, None), dtype)
 
 
-def test_moments_shift_fallbacks():
+def test_moments_shift_fallbacks(tn):
     # The first element is NaN and the first 1500 elements are outside the mask: the shift falls back
     # to 0 for data around 1e4, which must not cost accuracy.
     a = _random((6000,), torch.float32, seed=5, loc=1.0e4, scale=2.0)
@@ -150,7 +171,7 @@ def test_moments_shift_fallbacks():
     _check_moments(got, _ref_moments(a, mask), torch.float32)
 
 
-def test_moments_nonfinite():
+def test_moments_nonfinite(tn):
     a = _random((7, 613), torch.float32, seed=6)
     flat = a.reshape(-1)
     flat[[0, 5, 700, 4290]] = np.nan
@@ -172,7 +193,7 @@ def test_moments_nonfinite():
         pytest.param([], None, id="empty"),
     ],
 )
-def test_moments_no_valid_element(values, mask):
+def test_moments_no_valid_element(tn, values, mask):
     x = torch.tensor(values, dtype=torch.float32)
     m = None if mask is None else torch.tensor(mask, dtype=torch.uint8)
     got = tn.moments(x, m)
@@ -180,7 +201,7 @@ def test_moments_no_valid_element(values, mask):
     assert got == {"count": 0, "nonfinite": nonfinite, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
 
 
-def test_moments_non_contiguous_and_uint8_mask():
+def test_moments_non_contiguous_and_uint8_mask(tn):
     a = _random((40, 33), torch.float64, seed=7, loc=5.0)
     x = torch.from_numpy(a).t()  # F-order view
     mask = torch.from_numpy(np.random.default_rng(8).random((33, 40)) < 0.5)
@@ -203,7 +224,7 @@ PARAMS = [
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("masked", [pytest.param(False, id="nomask"), pytest.param(True, id="mask")])
 @pytest.mark.parametrize("params", PARAMS)
-def test_apply_matches_float32_formula(dtype, masked, params):
+def test_apply_matches_float32_formula(tn, dtype, masked, params):
     a = _random((5, 11, 131), dtype, seed=9, loc=100.0, scale=40.0)
     mask = np.random.default_rng(10).random(a.shape) < 0.6 if masked else None
     out, nonfinite = tn.normalize_apply(torch.from_numpy(a), None if mask is None else torch.from_numpy(mask), *params)
@@ -213,7 +234,7 @@ def test_apply_matches_float32_formula(dtype, masked, params):
     assert nonfinite == ref_nonfinite == 0
 
 
-def test_apply_odd_shape_1823x781():
+def test_apply_odd_shape_1823x781(tn):
     a = _random((1823, 781), torch.int16, seed=11)
     mask = a > -5000
     params = (-1000.0, 20000.0, 12.5, 9000.0, True)
@@ -224,14 +245,15 @@ def test_apply_odd_shape_1823x781():
 
 
 @pytest.mark.parametrize("n", [pytest.param(n, id=f"n{n}") for n in (1, 127, 128, 129, 4095, 4096, 4097)])
-def test_apply_block_boundaries(n):
+def test_apply_block_boundaries(tn, n):
     a = _random((n,), torch.float32, seed=n)
     params = (-0.5, 0.5, 0.25, 0.75, True)
     out, _ = tn.normalize_apply(torch.from_numpy(a), None, *params)
     np.testing.assert_array_equal(out.numpy(), _ref_apply(a, None, *params)[0])
 
 
-def test_apply_nonfinite():
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the interpreter's numpy cast
+def test_apply_nonfinite(tn):
     a = _random((3, 1000), torch.float64, seed=12)
     flat = a.reshape(-1)
     flat[[0, 17, 2500]] = [np.nan, np.inf, -np.inf]
@@ -246,12 +268,12 @@ def test_apply_nonfinite():
         assert nonfinite == ref_nonfinite == 5
 
 
-def test_apply_empty_keeps_shape():
+def test_apply_empty_keeps_shape(tn):
     out, nonfinite = tn.normalize_apply(torch.empty((0, 3), dtype=torch.int16), None, 0.0, 0.0, 0.0, 1.0, False)
     assert out.shape == (0, 3) and out.dtype == torch.float32 and nonfinite == 0
 
 
-def test_apply_non_contiguous():
+def test_apply_non_contiguous(tn):
     a = _random((64, 70), torch.float32, seed=13)
     x = torch.from_numpy(a)[:, ::2]
     out, _ = tn.normalize_apply(x, None, 0.0, 0.0, 0.1, 0.3, False)
@@ -262,11 +284,13 @@ def test_apply_non_contiguous():
 # validation
 
 
-@pytest.mark.parametrize("fn", [pytest.param(tn.moments, id="moments"),
-                                pytest.param(lambda x, m: tn.normalize_apply(x, m, 0, 0, 0, 1, False), id="apply")])
-def test_rejects_bad_inputs(fn):
+@pytest.mark.parametrize("op", ["moments", "apply"])
+def test_rejects_bad_inputs(tn, op):
+    def fn(x, mask):
+        return tn.moments(x, mask) if op == "moments" else tn.normalize_apply(x, mask, 0.0, 0.0, 0.0, 1.0, False)
+
     x = torch.zeros(10)
-    with pytest.raises(ValueError, match="10 vs 9"):
+    with pytest.raises(ValueError, match="9 vs 10"):
         fn(x, torch.ones(9, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool or uint8"):
         fn(x, torch.ones(10, dtype=torch.float32))
@@ -280,7 +304,7 @@ def test_rejects_bad_inputs(fn):
 # parity with the C++ CPU path, when it is built
 
 
-def test_matches_cpu_extension():
+def test_matches_cpu_extension(tn):
     _C = pytest.importorskip("fastseg._C", reason="fastseg._C (C++ CPU path) is not built")
     a = _random((9, 257), torch.float32, seed=14, loc=50.0, scale=10.0)
     a[0, 0] = np.nan

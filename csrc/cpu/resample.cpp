@@ -32,50 +32,108 @@ AxisTaps make_taps(int order, int64_t n_in, int64_t n_out) {
   return t;
 }
 
+// A block of up to kBlock lines of one axis pass. Line k (0 <= k < width), sample p of the block
+// lies at base[k * line_step + p * sample_step]: along a strided axis the lines of a block are
+// adjacent columns (line_step 1, sample_step inner); along the contiguous axis they are consecutive
+// rows (line_step n, sample_step 1).
+template <typename T>
+struct LineBlock {
+  T* base;
+  int64_t line_step;
+  int64_t sample_step;
+  int64_t width;
+};
+
+// Output samples [i0, i1) of every line of the block, from `src` (a LineBlock over the input or the
+// coefficient buffer). NT taps known at compile time so that the loop over lines vectorises.
+template <int NT, typename S>
+void interpolate_block(const LineBlock<const S>& src, const LineBlock<float>& dst, const AxisTaps& taps, int64_t i0,
+                       int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t* idx = &taps.idx[i * kMaxTaps];
+    const double* w = &taps.w[i * kMaxTaps];
+    float* d = dst.base + i * dst.sample_step;
+    if (NT == 1 && w[0] == 1.0 && src.line_step == 1 && dst.line_step == 1) {
+      // Nearest neighbour: a plain row copy.
+      const S* row = src.base + idx[0] * src.sample_step;
+      for (int64_t k = 0; k < src.width; ++k) d[k] = static_cast<float>(row[k]);
+    } else if (src.line_step == 1 && dst.line_step == 1) {
+#pragma omp simd
+      for (int64_t k = 0; k < src.width; ++k) d[k] = static_cast<float>(gather_taps(src.base + k, src.sample_step, idx, w, NT));
+    } else {
+      for (int64_t k = 0; k < src.width; ++k)
+        d[k * dst.line_step] = static_cast<float>(gather_taps(src.base + k * src.line_step, src.sample_step, idx, w, NT));
+    }
+  }
+}
+
+template <typename S>
+void interpolate(const LineBlock<const S>& src, const LineBlock<float>& dst, const AxisTaps& taps, int64_t i0, int64_t i1) {
+  switch (taps.taps) {
+    case 1: return interpolate_block<1>(src, dst, taps, i0, i1);
+    case 2: return interpolate_block<2>(src, dst, taps, i0, i1);
+    default: return interpolate_block<4>(src, dst, taps, i0, i1);
+  }
+}
+
 }  // namespace
 
 void resample_axis(const float* in, float* out, int64_t outer, int64_t n_in, int64_t inner, int64_t n_out,
                    int order) {
   if (outer == 0 || inner == 0 || n_out == 0) return;
   const AxisTaps taps = make_taps(order, n_in, n_out);
-  const int64_t block = std::min(inner, kBlock);
-  const int64_t blocks_per_plane = (inner + block - 1) / block;
-  const int64_t jobs = outer * blocks_per_plane;
-  const int64_t N = order == 3 ? n_in + 2 * kSplinePad : n_in;
+  if (order != 3) {
+    // No coefficients to compute: each output row (strided axis) or line (contiguous axis) reads
+    // its taps straight from the input.
+    const bool contiguous = inner == 1;
+    const int64_t jobs = contiguous ? outer : outer * n_out;
+#pragma omp parallel for schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+      if (contiguous) {
+        interpolate(LineBlock<const float>{in + job * n_in, n_in, 1, 1}, LineBlock<float>{out + job * n_out, n_out, 1, 1},
+                    taps, 0, n_out);
+      } else {
+        const int64_t o = job / n_out, i = job % n_out;
+        interpolate(LineBlock<const float>{in + o * n_in * inner, 1, inner, inner},
+                    LineBlock<float>{out + o * n_out * inner, 1, inner, inner}, taps, i, i + 1);
+      }
+    }
+    return;
+  }
+  // Blocks run across inner columns when the axis is strided, across outer rows when it is contiguous.
+  const bool contiguous = inner == 1;
+  const int64_t lines = contiguous ? outer : inner;
+  const int64_t block = std::min(lines, kBlock);
+  const int64_t blocks_per_plane = (lines + block - 1) / block;
+  const int64_t planes = contiguous ? 1 : outer;
+  const int64_t jobs = planes * blocks_per_plane;
+  const int64_t N = n_in + 2 * kSplinePad;
 
 #pragma omp parallel
   {
-    // Coefficients of one block of lines: [N, block], lines adjacent.
-    std::vector<double> buf(order == 3 ? N * block : 0);
-    std::vector<float> acc(block);
+    // B-spline coefficients of one block: [N, block], the block's lines adjacent.
+    std::vector<double> buf(N * block);
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < jobs; ++job) {
-      const int64_t o = job / blocks_per_plane;
-      const int64_t j0 = (job % blocks_per_plane) * block;
-      const int64_t width = std::min(block, inner - j0);
-      const float* src = in + o * n_in * inner + j0;
-      float* dst = out + o * n_out * inner + j0;
-      if (order == 3) {
-        for (int64_t p = 0; p < N; ++p) {
-          const float* row = src + padded_source_index(p, n_in) * inner;
-          double* b = buf.data() + p * block;
-          for (int64_t k = 0; k < width; ++k) b[k] = row[k];
-        }
-        cubic_prefilter_lines(buf.data(), N, width, 1, block);
-        for (int64_t i = 0; i < n_out; ++i) {
-          const int64_t* idx = &taps.idx[i * kMaxTaps];
-          const double* w = &taps.w[i * kMaxTaps];
-          float* drow = dst + i * inner;
-          for (int64_t k = 0; k < width; ++k) drow[k] = static_cast<float>(gather_taps(buf.data() + k, block, idx, w, 4));
-        }
+      const int64_t plane = job / blocks_per_plane;
+      const int64_t first = (job % blocks_per_plane) * block;
+      const int64_t width = std::min(block, lines - first);
+      LineBlock<const float> src{nullptr, 0, 0, width};
+      LineBlock<float> dst{nullptr, 0, 0, width};
+      if (contiguous) {
+        src = {in + first * n_in, n_in, 1, width};
+        dst = {out + first * n_out, n_out, 1, width};
       } else {
-        for (int64_t i = 0; i < n_out; ++i) {
-          const int64_t* idx = &taps.idx[i * kMaxTaps];
-          const double* w = &taps.w[i * kMaxTaps];
-          float* drow = dst + i * inner;
-          for (int64_t k = 0; k < width; ++k) drow[k] = static_cast<float>(gather_taps(src + k, inner, idx, w, taps.taps));
-        }
+        src = {in + plane * n_in * inner + first, 1, inner, width};
+        dst = {out + plane * n_out * inner + first, 1, inner, width};
       }
+      for (int64_t p = 0; p < N; ++p) {
+        const float* row = src.base + padded_source_index(p, n_in) * src.sample_step;
+        double* b = buf.data() + p * block;
+        for (int64_t k = 0; k < width; ++k) b[k] = row[k * src.line_step];
+      }
+      cubic_prefilter_lines(buf.data(), N, width, 1, block);
+      interpolate(LineBlock<const double>{buf.data(), 1, block, width}, dst, taps, 0, n_out);
     }
   }
 }
@@ -90,30 +148,45 @@ inline int64_t groups_per_channel(const int64_t* shape, int group_axis) { return
 int64_t minmax_groups(const float* x, const int64_t* shape, int group_axis, float* lo, float* hi) {
   const int64_t C = shape[0], D = shape[1], H = shape[2], W = shape[3];
   const int64_t G = groups_per_channel(shape, group_axis);
-  for (int64_t g = 0; g < C * G; ++g) {
-    lo[g] = std::numeric_limits<float>::infinity();
-    hi[g] = -std::numeric_limits<float>::infinity();
-  }
+  const float inf = std::numeric_limits<float>::infinity();
+  std::fill(lo, lo + C * G, inf);
+  std::fill(hi, hi + C * G, -inf);
   int64_t nonfinite = 0;
+  // Min/max also pass over NaN and Inf; the caller rejects the array when any is counted, so the
+  // bounds never matter then, and the row loops stay branch-free and vectorised.
 #pragma omp parallel reduction(+ : nonfinite)
   {
-    std::vector<float> tlo(C * G, std::numeric_limits<float>::infinity());
-    std::vector<float> thi(C * G, -std::numeric_limits<float>::infinity());
+    std::vector<float> tlo(C * G, inf), thi(C * G, -inf);
 #pragma omp for schedule(static) collapse(2)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t d = 0; d < D; ++d)
         for (int64_t h = 0; h < H; ++h) {
           const float* row = x + ((c * D + d) * H + h) * W;
-          for (int64_t w = 0; w < W; ++w) {
-            const float v = row[w];
-            if (!is_finite_value(v)) {
-              ++nonfinite;
-              continue;
+          int64_t bad = 0;
+          if (group_axis == 3) {
+            float* l = tlo.data() + c * G;
+            float* u = thi.data() + c * G;
+#pragma omp simd reduction(+ : bad)
+            for (int64_t w = 0; w < W; ++w) {
+              const float v = row[w];
+              bad += !is_finite_value(v);
+              l[w] = v < l[w] ? v : l[w];
+              u[w] = v > u[w] ? v : u[w];
             }
-            const int64_t g = c * G + (group_axis == 1 ? d : group_axis == 2 ? h : group_axis == 3 ? w : 0);
-            tlo[g] = std::min(tlo[g], v);
-            thi[g] = std::max(thi[g], v);
+          } else {
+            float l = inf, u = -inf;
+#pragma omp simd reduction(+ : bad) reduction(min : l) reduction(max : u)
+            for (int64_t w = 0; w < W; ++w) {
+              const float v = row[w];
+              bad += !is_finite_value(v);
+              l = v < l ? v : l;
+              u = v > u ? v : u;
+            }
+            const int64_t g = c * G + (group_axis == 1 ? d : group_axis == 2 ? h : 0);
+            tlo[g] = std::min(tlo[g], l);
+            thi[g] = std::max(thi[g], u);
           }
+          nonfinite += bad;
         }
 #pragma omp critical
     for (int64_t g = 0; g < C * G; ++g) {

@@ -27,9 +27,10 @@ void resample_axis(const float* in, float* out, float* coef, int64_t outer, int6
 // Segmentation resample by the label vote (seg_vote), device arrays:
 //   in  [in_shape]  = (C, D, H, W) labels
 //   out [out_shape] = (C, D', H', W'), out_shape[0] == in_shape[0]
-// orders[a] (0 nearest, 1 linear vote) for the spatial axes (z, y, x). `strict`: a label needs a
-// weight above 0.5, not 0.5 itself. `zero_is_label`: whether the input holds a 0 (the caller
-// reduces it; the CPU launcher computes it itself).
+// orders[a] (0 nearest, 1 linear vote) for the spatial axes (z, y, x). `strict` picks the vote
+// rule: SegVote::kThresholdStrict when true, else kArgmaxNearest (see fastseg/resample.h).
+// `zero_is_label`: whether the input holds a 0 (the caller reduces it; the CPU launcher computes it
+// itself).
 template <typename L>
 void resample_seg(const L* in, L* out, const int64_t in_shape[4], const int64_t out_shape[4], const int orders[3],
                   bool strict, bool zero_is_label, cudaStream_t stream);

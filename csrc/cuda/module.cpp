@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastseg/resample.h"
@@ -92,15 +93,18 @@ void resample_seg(std::uintptr_t in_ptr, std::uintptr_t out_ptr, const std::vect
     require(in_shape[a + 1] > 0, "in_shape spatial entries must be positive (seg must not be empty), got " +
                                      list_str(in_shape));
   }
-  const int64_t* is = in_shape.data();
-  const int64_t* os = out_shape.data();
-  const int* o = orders.data();
-  if (dtype == "int8") return resample_seg_typed<int8_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
-  if (dtype == "uint8") return resample_seg_typed<uint8_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
-  if (dtype == "int16") return resample_seg_typed<int16_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
-  if (dtype == "uint16") return resample_seg_typed<uint16_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
-  if (dtype == "int32") return resample_seg_typed<int32_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
-  if (dtype == "int64") return resample_seg_typed<int64_t>(in_ptr, out_ptr, is, os, o, strict, zero_is_label, stream);
+  // Calls resample_seg_typed with the label type named by a typed null pointer.
+  auto launch = [&](auto tag) {
+    using L = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    resample_seg_typed<L>(in_ptr, out_ptr, in_shape.data(), out_shape.data(), orders.data(), strict, zero_is_label,
+                          stream);
+  };
+  if (dtype == "int8") return launch(static_cast<const int8_t*>(nullptr));
+  if (dtype == "uint8") return launch(static_cast<const uint8_t*>(nullptr));
+  if (dtype == "int16") return launch(static_cast<const int16_t*>(nullptr));
+  if (dtype == "uint16") return launch(static_cast<const uint16_t*>(nullptr));
+  if (dtype == "int32") return launch(static_cast<const int32_t*>(nullptr));
+  if (dtype == "int64") return launch(static_cast<const int64_t*>(nullptr));
   throw std::invalid_argument("dtype must be one of 'int8', 'uint8', 'int16', 'uint16', 'int32', 'int64', got '" +
                               dtype + "'");
 }

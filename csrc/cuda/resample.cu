@@ -13,8 +13,8 @@
 //
 //   resample_seg, one thread per output voxel (c, d, h, w): per spatial axis the 1 (order 0) or 2
 //     (order 1) taps around source_coord, the 1..8 corner labels with the products of their axis
-//     weights, then seg_vote. Taps are recomputed per thread: a few flops against a gather of up to
-//     8 labels, and no device tables to allocate.
+//     weights, the order-0 (nearest) label at the same point, then seg_vote. Taps are recomputed per
+//     thread: a few flops against a gather of up to 9 labels, and no device tables to allocate.
 //
 // Indices are int64_t throughout; every kernel is a grid-stride loop, so any element count fits in a
 // capped grid. Launch failures throw std::runtime_error with the CUDA error string.
@@ -92,14 +92,14 @@ struct SegGeometry {
   int64_t out[4];   // (C, D', H', W')
   double scale[3];  // n_in / n_out of the spatial axes (z, y, x)
   int order[3];     // 0 or 1 per spatial axis
+  SegVote mode;
 };
 
 // One output voxel per thread.
 //   in  [C, D, H, W]     labels
 //   out [C, D', H', W']  labels
 template <typename L>
-__global__ void resample_seg_kernel(const L* __restrict__ in, L* __restrict__ out, SegGeometry g, bool strict,
-                                    bool zero_is_label) {
+__global__ void resample_seg_kernel(const L* __restrict__ in, L* __restrict__ out, SegGeometry g, bool zero_is_label) {
   const int64_t D = g.in[1], H = g.in[2], W = g.in[3];
   const int64_t Do = g.out[1], Ho = g.out[2], Wo = g.out[3];
   const int64_t total = g.out[0] * Do * Ho * Wo;
@@ -109,9 +109,14 @@ __global__ void resample_seg_kernel(const L* __restrict__ in, L* __restrict__ ou
     int64_t idx[3][kMaxTaps];
     double wt[3][kMaxTaps];
     int taps[3];
+    int64_t near_idx[3];  // order-0 tap per axis: the nearest-neighbour sample
 #pragma unroll
-    for (int a = 0; a < 3; ++a)
-      taps[a] = sample_taps(g.order[a], source_coord(pos[a], g.scale[a]), g.in[a + 1], idx[a], wt[a]);
+    for (int a = 0; a < 3; ++a) {
+      const double coord = source_coord(pos[a], g.scale[a]);
+      taps[a] = sample_taps(g.order[a], coord, g.in[a + 1], idx[a], wt[a]);
+      double near_w;
+      sample_taps(0, coord, g.in[a + 1], &near_idx[a], &near_w);
+    }
     // Corners in the CPU launcher's order (z outer, x inner), so the vote sums the same weights in the
     // same order and ties at 0.5 resolve identically.
     const L* src = in + c * D * H * W;
@@ -125,7 +130,8 @@ __global__ void resample_seg_kernel(const L* __restrict__ in, L* __restrict__ ou
           weight[n] = wt[0][a] * wt[1][b] * wt[2][e];
           ++n;
         }
-    out[v] = seg_vote(corner, weight, n, strict, zero_is_label);
+    const L nearest = src[(near_idx[0] * H + near_idx[1]) * W + near_idx[2]];
+    out[v] = seg_vote(corner, weight, n, nearest, g.mode, zero_is_label);
   }
 }
 
@@ -165,7 +171,8 @@ void resample_seg(const L* in, L* out, const int64_t in_shape[4], const int64_t 
     g.scale[a] = static_cast<double>(in_shape[a + 1]) / static_cast<double>(out_shape[a + 1]);
     g.order[a] = orders[a];
   }
-  resample_seg_kernel<L><<<blocks_for(total), kThreads, 0, stream>>>(in, out, g, strict, zero_is_label);
+  g.mode = strict ? SegVote::kThresholdStrict : SegVote::kArgmaxNearest;
+  resample_seg_kernel<L><<<blocks_for(total), kThreads, 0, stream>>>(in, out, g, zero_is_label);
   check_launch("resample_seg");
 }
 

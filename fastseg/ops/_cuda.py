@@ -107,11 +107,14 @@ def resample_seg(
             contiguous, with non-empty spatial axes.
         new_shape: output spatial shape ``(D', H', W')``, positive entries.
         orders: per spatial axis (z, y, x), 0 (nearest) or 1 (linear vote).
-        strict: a label needs a summed corner weight above 0.5 (True) or of at least 0.5 (False).
+        strict: the vote rule (``SegVote`` in csrc/include/fastseg/resample.h). True: nnU-Net's
+            out-of-plane step of the separate-z path, the largest label whose summed corner weight
+            exceeds 0.5, else 0 (or the heaviest label when 0 is no label of ``seg``). False:
+            batchgenerators' ``resize_segmentation``, the label with the largest summed weight,
+            an exact tie going to the nearest-neighbour label if tied, else to the smallest.
 
     Returns:
-        tensor ``(C, D', H', W')`` of ``seg.dtype`` on ``seg.device``. Where no label reaches the
-        threshold the voxel is 0 if the input holds a 0, else the label of the heaviest corner.
+        tensor ``(C, D', H', W')`` of ``seg.dtype`` on ``seg.device``.
     """
     _check_cuda_tensor(seg, "seg", ndim=4)
     if seg.dtype not in _SEG_DTYPES:

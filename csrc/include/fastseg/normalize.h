@@ -31,6 +31,7 @@ FASTSEG_HD float normalize_value(float x, const AffineParams& p) {
   return (x - p.shift) / p.denom;
 }
 
-FASTSEG_HD bool is_finite_value(double x) { return x - x == 0.0; }
+template <typename T>
+FASTSEG_HD bool is_finite_value(T x) { return x - x == T(0); }
 
 }  // namespace fastseg
