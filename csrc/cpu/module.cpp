@@ -201,6 +201,12 @@ py::tuple normalize_apply(const py::array& x, const py::object& mask, float lo, 
 
 }  // namespace
 
+// Features that bind themselves from their own files (bind_*.cpp in this folder).
+namespace fastseg::bind {
+void register_components(py::module_& m);
+void register_inference(py::module_& m);
+}  // namespace fastseg::bind
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastseg CPU kernels (OpenMP). Use fastseg.ops, which validates and dispatches.";
   m.def("resample_axis", &resample_axis, py::arg("x"), py::arg("n_out"), py::arg("order"));
@@ -211,4 +217,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("normalize_apply", &normalize_apply, py::arg("x"), py::arg("mask"), py::arg("lo"), py::arg("hi"),
         py::arg("shift"), py::arg("denom"), py::arg("clip"));
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  fastseg::bind::register_components(m);
+  fastseg::bind::register_inference(m);
 }

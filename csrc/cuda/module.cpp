@@ -121,6 +121,12 @@ int device_count() {
 
 }  // namespace
 
+// Features that bind themselves from their own files (bind_*.cpp in this folder).
+namespace fastseg::bind {
+void register_components(py::module_& m);
+void register_inference(py::module_& m);
+}  // namespace fastseg::bind
+
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "fastseg CUDA kernels on raw device pointers. Use fastseg.ops, which validates and dispatches.";
   m.attr("SPLINE_PAD") = kSplinePad;
@@ -132,4 +138,6 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("out_shape"), py::arg("orders"), py::arg("strict"), py::arg("zero_is_label"), py::arg("dtype"),
         py::arg("stream"), "Segmentation resample by label vote: (C, D, H, W) -> (C, D', H', W'), same dtype.");
   m.def("device_count", &device_count, "Number of CUDA devices; 0 without a device or driver.");
+  fastseg::bind::register_components(m);
+  fastseg::bind::register_inference(m);
 }
