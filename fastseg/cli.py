@@ -1,21 +1,20 @@
-"""The `fastseg` command: a thin shell over the Python API."""
+"""The `fastseg` command: a thin shell over the Python API.
+
+This is the one place that reads the environment and configures logging; the commands pass plain
+values down to the library.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
 
 import fastseg
 
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    from fastseg import _native
-
-    info = {"fastseg": fastseg.__version__, **_native.build_info()}
-    print(json.dumps(info, indent=2))
-    return 0
+#: Subcommand modules under fastseg.commands, in the order `fastseg --help` lists them.
+COMMANDS = ("info",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,18 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Self-configuring medical image segmentation, compatible with nnU-Net v2 datasets, plans and "
             "model folders, with native CPU and GPU kernels on the hot paths."
         ),
-        epilog="Examples:\n  fastseg info        # version, CPU threads, whether CUDA kernels are built\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `fastseg COMMAND --help` for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"fastseg {fastseg.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser(
-        "info",
-        help="show the version and which native kernels this installation has",
-        description="Prints the version, the CPU thread count and whether the CUDA kernels were compiled and see a GPU.",
-    )
-    info.set_defaults(func=_cmd_info)
+    for name in COMMANDS:
+        importlib.import_module(f"fastseg.commands.{name}").register(sub)
     return parser
 
 
@@ -47,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

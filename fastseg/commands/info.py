@@ -1,0 +1,26 @@
+"""`fastseg info`: version and which native kernels this installation has."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import fastseg
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastseg import _native
+
+    print(json.dumps({"fastseg": fastseg.__version__, **_native.build_info()}, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="show the version and which native kernels this installation has",
+        description="Prints the version, the CPU thread count, and whether the CUDA kernels were compiled and see a GPU.",
+        epilog="Example:\n  fastseg info",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=run)
