@@ -241,23 +241,42 @@ void resample_seg(const L* in, L* out, const int64_t* in_shape, const int64_t* o
   for (int64_t c = 0; c < C; ++c)
     for (int64_t d = 0; d < Do; ++d) {
       const L* src = in + c * D * H * W;
-      L corner[8];
-      double weight[8];
+      const int64_t* idx_d = &taps[0].idx[d * kMaxTaps];
+      const double* w_d = &taps[0].w[d * kMaxTaps];
       for (int64_t h = 0; h < Ho; ++h) {
+        const int64_t* idx_h = &taps[1].idx[h * kMaxTaps];
+        const double* w_h = &taps[1].w[h * kMaxTaps];
+        // The (z, y) corners of this output row: up to 4 input rows and their weights.
+        const L* rows[4];
+        double row_w[4];
+        int n_rows = 0;
+        for (int a = 0; a < td; ++a)
+          for (int b = 0; b < th; ++b) {
+            rows[n_rows] = src + (idx_d[a] * H + idx_h[b]) * W;
+            row_w[n_rows++] = w_d[a] * w_h[b];
+          }
+        const L* near_row = src + (nearest[0].idx[d * kMaxTaps] * H + nearest[1].idx[h * kMaxTaps]) * W;
         L* drow = out + ((c * Do + d) * Ho + h) * Wo;
+        if (n_rows == 1 && tw == 1) {  // nearest neighbour along every axis: a gather
+          for (int64_t w = 0; w < Wo; ++w) drow[w] = rows[0][taps[2].idx[w * kMaxTaps]];
+          continue;
+        }
+        L corner[8];
+        double weight[8];
         for (int64_t w = 0; w < Wo; ++w) {
+          const int64_t* idx_w = &taps[2].idx[w * kMaxTaps];
+          const double* w_w = &taps[2].w[w * kMaxTaps];
           int n = 0;
-          for (int a = 0; a < td; ++a)
-            for (int b = 0; b < th; ++b)
-              for (int e = 0; e < tw; ++e) {
-                corner[n] = src[(taps[0].idx[d * kMaxTaps + a] * H + taps[1].idx[h * kMaxTaps + b]) * W +
-                                taps[2].idx[w * kMaxTaps + e]];
-                weight[n] = taps[0].w[d * kMaxTaps + a] * taps[1].w[h * kMaxTaps + b] * taps[2].w[w * kMaxTaps + e];
-                ++n;
-              }
-          const L near = src[(nearest[0].idx[d * kMaxTaps] * H + nearest[1].idx[h * kMaxTaps]) * W +
-                             nearest[2].idx[w * kMaxTaps]];
-          drow[w] = seg_vote(corner, weight, n, near, mode, zero_is_label);
+          for (int r = 0; r < n_rows; ++r)
+            for (int e = 0; e < tw; ++e) corner[n++] = rows[r][idx_w[e]];
+          if (corners_uniform(corner, n)) {  // most voxels: skip the weights
+            drow[w] = corner[0];
+            continue;
+          }
+          n = 0;
+          for (int r = 0; r < n_rows; ++r)
+            for (int e = 0; e < tw; ++e) weight[n++] = row_w[r] * w_w[e];
+          drow[w] = seg_vote(corner, weight, n, near_row[nearest[2].idx[w * kMaxTaps]], mode, zero_is_label);
         }
       }
     }

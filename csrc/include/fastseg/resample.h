@@ -172,10 +172,19 @@ enum class SegVote : int {
   kThresholdStrict = 1,
 };
 
+// Inside a structure every corner carries the same label; it then wins under either vote rule.
+template <typename L>
+FASTSEG_HD bool corners_uniform(const L* labels, int n) {
+  bool uniform = true;
+  for (int a = 1; a < n; ++a) uniform = uniform && (labels[a] == labels[0]);
+  return uniform;
+}
+
 // Label of one output voxel from its n (<= 8) corners `labels` with weights `w` (summed per label in
 // corner order, as scipy sums them). `nearest` is the order-0 sample at the same point.
 template <typename L>
 FASTSEG_HD L seg_vote(const L* labels, const double* w, int n, L nearest, SegVote mode, bool zero_is_label) {
+  if (corners_uniform(labels, n)) return labels[0];
   double best = -1.0;
   L best_label = labels[0];
   double nearest_score = 0.0;
