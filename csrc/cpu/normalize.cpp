@@ -10,35 +10,28 @@
 
 namespace fastseg::cpu {
 
-template <typename T>
-Moments moments(const T* x, const uint8_t* mask, int64_t n) {
-  // Sums are taken around a shift (the first finite value) so that sum of squares minus squared sum
-  // does not cancel for data far from zero.
-  double shift = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = static_cast<double>(x[i]);
-    if ((!mask || mask[i]) && is_finite_value(v)) {
-      shift = v;
-      break;
-    }
-  }
+namespace {
+
+// One branch-free pass: every element contributes, weighted by whether it counts (finite, and inside
+// the mask when there is one), so that the loop vectorises.
+template <typename T, bool kMasked>
+Moments moments_pass(const T* x, const uint8_t* mask, int64_t n, double shift) {
   int64_t count = 0, nonfinite = 0;
   double s1 = 0.0, s2 = 0.0;
   double lo = std::numeric_limits<double>::infinity(), hi = -std::numeric_limits<double>::infinity();
-#pragma omp parallel for schedule(static) reduction(+ : count, nonfinite, s1, s2) reduction(min : lo) reduction(max : hi)
+#pragma omp parallel for simd schedule(static) reduction(+ : count, nonfinite, s1, s2) reduction(min : lo) \
+    reduction(max : hi)
   for (int64_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(x[i]);
-    if (!is_finite_value(v)) {
-      ++nonfinite;
-      continue;
-    }
-    if (mask && !mask[i]) continue;
-    const double d = v - shift;
-    ++count;
+    const bool finite = is_finite_value(v);
+    const bool counts = finite && (!kMasked || mask[i] != 0);
+    const double d = counts ? v - shift : 0.0;
+    nonfinite += !finite;
+    count += counts;
     s1 += d;
     s2 += d * d;
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
+    lo = counts && v < lo ? v : lo;
+    hi = counts && v > hi ? v : hi;
   }
   Moments m;
   m.count = count;
@@ -51,6 +44,23 @@ Moments moments(const T* x, const uint8_t* mask, int64_t n) {
     m.max = hi;
   }
   return m;
+}
+
+}  // namespace
+
+template <typename T>
+Moments moments(const T* x, const uint8_t* mask, int64_t n) {
+  // Sums are taken around a shift (the first counted value) so that the sum of squares minus the
+  // squared sum does not cancel for data far from zero.
+  double shift = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(x[i]);
+    if ((!mask || mask[i]) && is_finite_value(v)) {
+      shift = v;
+      break;
+    }
+  }
+  return mask ? moments_pass<T, true>(x, mask, n, shift) : moments_pass<T, false>(x, mask, n, shift);
 }
 
 template <typename T>
