@@ -7,15 +7,35 @@ stay on their device and go to the CUDA/Triton implementations.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is a dependency, kept optional for the ops only
-    torch = None
+
+
+class _TorchOnceLoaded:
+    """`torch`, without importing it for callers that never use it.
+
+    Importing torch costs over a second, and the CLI and the preprocessing workers pass numpy arrays
+    only. No tensor can exist before the caller has imported torch, so until then `torch.Tensor`
+    is a class nothing is an instance of; any other attribute imports torch on first use.
+    """
+
+    class _NoTensorYet:
+        pass
+
+    def __getattr__(self, name: str):
+        module = sys.modules.get("torch")
+        if module is None:
+            if name == "Tensor":
+                return self._NoTensorYet
+            import torch as module
+        return getattr(module, name)
+
+
+torch = _TorchOnceLoaded()
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,7 @@ class Kind:
 def kind_of(x: Any, name: str) -> Kind:
     if isinstance(x, np.ndarray):
         return Kind(False)
-    if torch is not None and isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
         return Kind(True, x.device)
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
 

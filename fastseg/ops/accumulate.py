@@ -18,12 +18,8 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import kind_of
+from fastseg.ops._arrays import kind_of, torch
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["accumulate_tiles", "normalize_accumulated"]
 

@@ -21,13 +21,9 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import kind_of
+from fastseg.ops._arrays import kind_of, torch
 from fastseg.ops.resample import ANISO_THRESHOLD, _check_spacing, separate_z_axis
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["export_orders", "export_segmentation"]
 

@@ -1,0 +1,110 @@
+"""`fastseg plan`: verify a raw dataset, extract its fingerprint and write nnU-Net v2 plans."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def reports_errors(run):
+    """Turns the errors a user can fix (bad input, missing files, a failing case) into one message on
+    stderr and exit status 1, instead of a traceback."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        from fastseg.preprocess.scheduler import CaseError
+
+        try:
+            return run(args)
+        except (ValueError, FileNotFoundError, FileExistsError, CaseError) as err:
+            logger.debug("details", exc_info=True)
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+@reports_errors
+def run(args: argparse.Namespace) -> int:
+    from fastseg.plan.planner import PlannerOptions
+    from fastseg.plan.plans import format_summary
+    from fastseg.plan.workflow import plan_dataset
+
+    options = PlannerOptions(planner=args.planner, gpu_memory_gb=args.gpu_memory_gb)
+    result = plan_dataset(
+        args.raw_dataset_dir,
+        args.output,
+        options,
+        num_processes=args.num_processes,
+        run_verification=not args.no_verify,
+        env=dict(os.environ),
+    )
+    print(format_summary(result.plans))
+    print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+    print(f"wrote {result.work_dir / 'plans.json'}; next: fastseg preprocess {result.work_dir}")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GB, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from fastseg.plan.presets import PLANNERS
+
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a raw dataset and write nnU-Net v2 plans",
+        description=(
+            "Verifies an nnU-Net v2 raw dataset, extracts its fingerprint (cropped shapes, spacings, foreground "
+            "intensity statistics) and plans the 2d / 3d_fullres / 3d_lowres / 3d_cascade_fullres configurations "
+            "with nnU-Net's rules. Writes WORK_DIR/dataset.json, dataset_fingerprint.json and plans.json (readable "
+            "by nnU-Net) and WORK_DIR/source.json (where the raw data is, for `fastseg preprocess`)."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  fastseg plan /data/nnUNet_raw/Dataset001_Heart -o work/Dataset001_Heart\n"
+            "  fastseg plan /data/Dataset002_Liver -o work/liver --planner resenc-l -j 8\n"
+            "  fastseg plan /data/Dataset002_Liver -o work/liver --gpu-memory-gb 12"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("raw_dataset_dir", metavar="RAW_DATASET_DIR", help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("-o", "--output", required=True, metavar="WORK_DIR", help="work folder to write (created)")
+    p.add_argument(
+        "--planner",
+        choices=PLANNERS,
+        default="classic",
+        help="classic: nnU-Net's default planner; resenc-m/l/xl: the residual-encoder presets for 8/24/40 GB (default: classic)",
+    )
+    p.add_argument(
+        "--gpu-memory-gb",
+        type=_positive_float,
+        default=None,
+        metavar="G",
+        help="GPU memory target in GB (default: the planner's own, 8 for classic and resenc-m, 24 for resenc-l, 40 for resenc-xl)",
+    )
+    p.add_argument("-j", "--num-processes", type=positive_int, default=None, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--no-verify", action="store_true", help="skip dataset verification (not recommended)")
+    p.set_defaults(func=run)

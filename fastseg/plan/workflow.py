@@ -1,0 +1,131 @@
+"""`fastseg plan` as a function: verify -> fingerprint -> plan, written into a work folder.
+
+Writes `<work>/dataset.json` (a byte copy of the raw one), `<work>/dataset_fingerprint.json`,
+`<work>/plans.json` (nnU-Net's file names and formats; `nnUNetv2_preprocess` and the nnU-Net
+trainers read them), and `<work>/source.json`, which records the raw dataset folder for
+`fastseg preprocess`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastseg
+from fastseg.plan import workdir
+from fastseg.plan.fingerprint import case_order, extract_fingerprint, save_fingerprint
+from fastseg.plan.planner import PlannerOptions, plan_experiment
+from fastseg.preprocess.storage import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanResult:
+    """What `plan_dataset` produced.
+
+    Attributes:
+        plans: the plans dict (as written to plans.json).
+        fingerprint: the dataset fingerprint.
+        work_dir: the work folder.
+        seconds: wall time per stage ("verify", "fingerprint", "plan").
+    """
+
+    plans: dict
+    fingerprint: dict
+    work_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def verify(raw_dataset_dir: Path, num_processes: int, progress: bool | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """Runs `fastseg.io.verify_dataset` and raises when it reports problems.
+
+    Raises:
+        ValueError: the dataset has errors (the report's text is the message).
+    """
+    from fastseg import io as fio
+
+    report = fio.verify_dataset(raw_dataset_dir, num_processes, env=env, progress=progress)
+    if not report.ok:
+        raise ValueError(
+            f"dataset verification failed; fix these problems and rerun (`fastseg verify {raw_dataset_dir}` "
+            f"lists them all):\n{report.format(max_per_kind=20)}"
+        )
+    for warning in report.warnings:
+        logger.warning("%s", warning)
+    return report
+
+
+def plan_dataset(
+    raw_dataset_dir: str | Path,
+    work_dir: str | Path,
+    options: PlannerOptions | None = None,
+    *,
+    num_processes: int | None = None,
+    run_verification: bool = True,
+    progress: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PlanResult:
+    """Fingerprints and plans a raw nnU-Net-layout dataset into `work_dir`.
+
+    Args:
+        raw_dataset_dir: the raw dataset (dataset.json, imagesTr, labelsTr).
+        work_dir: output folder (created).
+        options: planner options (default: the classic planner); `dataset_name` defaults to the raw folder's name, as in nnU-Net.
+        num_processes: worker processes for verification and fingerprinting (default: the cores).
+        run_verification: verify the dataset first (default True).
+        progress: progress bars; None: only when stderr is a terminal.
+        env: variables for `$VAR` in the case paths dataset.json may list (the CLI passes the
+            environment); None expands nothing.
+
+    Returns:
+        The PlanResult.
+    """
+    from fastseg import io as fio
+    from fastseg.preprocess.scheduler import default_num_workers
+
+    options = options or PlannerOptions()
+    raw = Path(raw_dataset_dir).resolve()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (raw / "dataset.json").is_file():
+        raise FileNotFoundError(f"{raw / 'dataset.json'} not found; RAW_DATASET_DIR must be an nnU-Net v2 raw dataset folder")
+    workers = num_processes or default_num_workers()
+    seconds: dict[str, float] = {}
+
+    if run_verification:
+        t = time.perf_counter()
+        verify(raw, workers, progress, env)
+        seconds["verify"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dataset = fio.load_raw_dataset(raw, env=env)
+    fingerprint = extract_fingerprint(dataset, workers, progress=progress)
+    save_fingerprint(fingerprint, work / workdir.FINGERPRINT)
+    seconds["fingerprint"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if options.dataset_name is None:
+        options = dataclasses.replace(options, dataset_name=raw.name)
+    plans = plan_experiment(fingerprint, dataset.dataset_json, options)
+    shutil.copyfile(raw / "dataset.json", work / workdir.DATASET_JSON)
+    write_json_atomic(plans, work / workdir.PLANS, sort_keys=False)
+    write_json_atomic(
+        {
+            "raw_dataset_dir": str(raw),
+            "planner": options.planner,
+            "gpu_memory_gb": options.gpu_memory_gb,
+            "case_identifiers": case_order(dataset.dataset_json, list(dataset.cases)),
+            "fastseg_version": fastseg.__version__,
+        },
+        work / workdir.SOURCE,
+    )
+    seconds["plan"] = time.perf_counter() - t
+    logger.info("wrote %s, %s and %s", work / workdir.FINGERPRINT, work / workdir.PLANS, work / workdir.DATASET_JSON)
+    return PlanResult(plans, fingerprint, work, seconds)

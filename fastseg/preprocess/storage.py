@@ -1,0 +1,165 @@
+"""The preprocessed case on disk: `<case>.npy`, `<case>_seg.npy`, `<case>.json`.
+
+- `<case>.npy`: float32 (C, z, y, x), the normalized, resampled image; `np.load(..., mmap_mode="r")`
+  maps it without reading it.
+- `<case>_seg.npy`: int8 (int16 when a label exceeds 127), -1 outside the nonzero mask.
+- `<case>.json`: the properties nnU-Net keeps in its .pkl (spacing and reader geometry,
+  shape_before_cropping, bbox_used_for_cropping, shape_after_cropping_and_before_resampling,
+  class_locations) plus `preprocessing_hash`, which identifies the plans the case was made with.
+
+Writes are atomic (`fastseg.io.atomic`): every file goes to a hidden temporary name in the same
+folder and is renamed into place, the JSON last. A case is complete exactly when its JSON exists (with the expected hash), so
+an interrupted run leaves no half-written case and a rerun skips finished ones.
+
+class_locations keys are written as strings: "3" for label 3, "1,2,3" for the region (1, 2, 3),
+"1," for a one-label region; each value is the flat list of the sampled voxels' (0, z, y, x)
+coordinates, four numbers per voxel (the leading 0 is the channel index, as in nnU-Net's arrays;
+flat because that encodes and parses twice as fast). `load_properties` restores int / tuple keys
+and (k, 4) int64 arrays, as nnU-Net's .pkl holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastseg.io.atomic import atomic_path
+
+HASH_KEY = "preprocessing_hash"
+_HEAD = '{"' + HASH_KEY + '": "'
+
+
+def _to_json(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"cannot store a {type(o).__name__} in JSON")
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike, *, sort_keys: bool = False, indent: int | None = 4) -> Path:
+    """Writes JSON to a temporary file in the target folder, then renames it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    # json.dumps (not json.dump) runs the C encoder: class locations hold ~10^5 numbers per case.
+    text = json.dumps(obj, sort_keys=sort_keys, indent=indent, default=_to_json)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        np.save(f, np.ascontiguousarray(array))
+
+
+def encode_location_key(key: int | tuple) -> str:
+    if isinstance(key, tuple):
+        return ",".join(str(int(k)) for k in key) + ("," if len(key) == 1 else "")
+    return str(int(key))
+
+
+def decode_location_key(key: str) -> int | tuple:
+    if "," in key:
+        return tuple(int(k) for k in key.split(",") if k)
+    return int(key)
+
+
+def case_paths(folder: str | os.PathLike, identifier: str) -> tuple[Path, Path, Path]:
+    """(data .npy, segmentation _seg.npy, properties .json) of a case."""
+    folder = Path(folder)
+    return folder / f"{identifier}.npy", folder / f"{identifier}_seg.npy", folder / f"{identifier}.json"
+
+
+def save_case(
+    folder: str | os.PathLike,
+    identifier: str,
+    data: np.ndarray,
+    seg: np.ndarray,
+    properties: Mapping[str, Any],
+    preprocessing_hash: str = "",
+) -> None:
+    """Writes one preprocessed case atomically (the JSON, written last, marks it complete)."""
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    if data.dtype != np.float32:
+        raise ValueError(f"preprocessed data must be float32, got {data.dtype}")
+    if seg.dtype not in (np.int8, np.int16):
+        raise ValueError(f"preprocessed segmentation must be int8 or int16, got {seg.dtype}")
+    props = {HASH_KEY: preprocessing_hash}  # first, so `is_complete` reads only the file's head
+    props.update((k, v) for k, v in properties.items() if k != HASH_KEY)
+    if "class_locations" in props:
+        props["class_locations"] = {
+            encode_location_key(k): np.asarray(v, dtype=np.int64).ravel() for k, v in props["class_locations"].items()
+        }
+    json_path.unlink(missing_ok=True)  # an old case is incomplete from here on
+    _save_npy_atomic(data, data_path)
+    _save_npy_atomic(seg, seg_path)
+    write_json_atomic(props, json_path, indent=None)
+
+
+def is_complete(folder: str | os.PathLike, identifier: str, preprocessing_hash: str | None = None) -> bool:
+    """True when the case's three files exist and (if given) its hash matches."""
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    if not (json_path.is_file() and data_path.is_file() and seg_path.is_file()):
+        return False
+    if preprocessing_hash is None:
+        return True
+    try:
+        with open(json_path) as f:
+            head = f.read(len(_HEAD) + len(preprocessing_hash) + 1)
+            if head.startswith(_HEAD):  # written by save_case: the hash comes first
+                return head == f'{_HEAD}{preprocessing_hash}"'
+            f.seek(0)
+            return json.load(f).get(HASH_KEY) == preprocessing_hash
+    except (OSError, ValueError):
+        return False
+
+
+def load_properties(path: str | os.PathLike) -> dict:
+    """A case's properties with class_locations as nnU-Net has them (int / tuple keys, arrays)."""
+    with open(path) as f:
+        props = json.load(f)
+    if "class_locations" in props:
+        props["class_locations"] = {
+            decode_location_key(k): np.asarray(v, dtype=np.int64).reshape(-1, 4) if len(v) else np.zeros((0, 4), np.int64)
+            for k, v in props["class_locations"].items()
+        }
+    return props
+
+
+def load_case(folder: str | os.PathLike, identifier: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(data, seg, properties) of a preprocessed case; the arrays memory-mapped by default."""
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    mode = "r" if mmap else None
+    return np.load(data_path, mmap_mode=mode), np.load(seg_path, mmap_mode=mode), load_properties(json_path)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Deletes temporary files an interrupted run left behind; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for p in folder.glob(".tmp-*"):  # fastseg.io.atomic's temporary names
+        p.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def case_identifiers(folder: str | os.PathLike) -> list[str]:
+    """Identifiers of the complete cases in a preprocessed folder, sorted."""
+    folder = Path(folder)
+    return sorted(p.stem for p in folder.glob("*.json") if is_complete(folder, p.stem))

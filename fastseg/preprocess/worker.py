@@ -1,0 +1,36 @@
+"""One case from raw files to preprocessed files: what a `fastseg preprocess` worker process runs.
+
+Imports the kernels (`fastseg.preprocess.case`) at module level, so that the scheduler's fork server
+loads them once for all workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastseg import io as fio
+from fastseg.preprocess.case import preprocess_case_multi
+from fastseg.preprocess.caseplan import CasePlan
+from fastseg.preprocess.storage import save_case
+
+
+def preprocess_files(identifier: str, images: list[str], label: str | None, plans: list[CasePlan], folders: list[str]) -> list[str]:
+    """Reads one case, preprocesses it into every plan and saves each result atomically.
+
+    Args:
+        identifier: the case name (output file stem).
+        images: channel files, in channel order.
+        label: the segmentation file, or None.
+        plans: configurations to produce (2d first lets 3D ones reuse its in-plane resampling).
+        folders: output folder per plan.
+
+    Returns:
+        The configuration names written.
+    """
+    if len(plans) != len(folders):
+        raise ValueError(f"need one output folder per plan, got {len(folders)} folders for {len(plans)} plans")
+    data, props = fio.read_images([Path(p) for p in images])
+    seg = fio.read_seg(Path(label))[0] if label is not None else None
+    for plan, folder, (_, d, s, p) in zip(plans, folders, preprocess_case_multi(data, seg, props, plans)):
+        save_case(folder, identifier, d, s, p, plan.digest())
+    return [plan.configuration for plan in plans]

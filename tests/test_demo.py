@@ -1,0 +1,78 @@
+"""`fastseg demo`, `fastseg plan` and `fastseg preprocess` through the command line parser."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fastseg import cli
+
+COMMANDS = ("plan", "preprocess", "demo")
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """`fastseg ARGS...` in this process, with these commands registered."""
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + COMMANDS)))
+    return lambda *argv: cli.main([str(a) for a in argv])
+
+
+def test_demo_runs_every_stage_and_reuses_its_work(tmp_path, run_cli, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "-o", out, "--cases", 3, "--shape", 16, 40, 40, "-j", 1) == 0
+    text = capsys.readouterr().out
+    assert "generating 3 CT-like cases" in text
+    for stage in ("generate", "verify", "fingerprint", "plan", "preprocess", "total"):
+        assert re.search(rf"^{stage}\s+\d+\.\d\d s", text, re.MULTILINE), stage
+    assert "3d_fullres" in text and "patch" in text and "batch" in text and "stages" in text
+    work = out / "work" / "Dataset900_FastsegDemo"
+    plans = json.loads((work / "plans.json").read_text())
+    for name in ("2d", "3d_fullres"):
+        folder = work / plans["configurations"][name]["data_identifier"]
+        assert sorted(p.name for p in folder.glob("*.json")) == ["case_0000.json", "case_0001.json", "case_0002.json"]
+
+    assert run_cli("demo", "-o", out, "--cases", 3, "--shape", 16, 40, 40, "-j", 1) == 0
+    text = capsys.readouterr().out
+    assert "reusing the generated dataset" in text
+    assert "0 preprocessed, 3 reused" in text
+
+
+def test_plan_and_preprocess_commands(tmp_path, run_cli, capsys):
+    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    raw = tmp_path / "Dataset002_Small"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=2, shape=(12, 32, 32)), num_processes=1)
+    work = tmp_path / "work"
+    assert run_cli("plan", raw, "-o", work, "--planner", "resenc-l", "-j", 1) == 0
+    text = capsys.readouterr().out
+    assert "next: fastseg preprocess" in text
+    plans = json.loads((work / "plans.json").read_text())
+    assert plans["experiment_planner_used"] == "nnUNetPlannerResEncL" and plans["dataset_name"] == "Dataset002_Small"
+    assert json.loads((work / "source.json").read_text())["raw_dataset_dir"] == str(raw.resolve())
+    assert run_cli("preprocess", work, "-c", "3d_fullres", "-j", 1) == 0
+    assert "3d_fullres: 2 cases preprocessed, 0 already done" in capsys.readouterr().out
+    assert run_cli("preprocess", work, "-c", "3d_fullres", "-j", 1) == 0
+    assert "0 cases preprocessed, 2 already done" in capsys.readouterr().out
+
+
+def test_command_errors_are_one_line_messages(tmp_path, run_cli, capsys):
+    assert run_cli("plan", tmp_path / "missing", "-o", tmp_path / "w") == 1
+    assert "error:" in capsys.readouterr().err
+    assert run_cli("preprocess", tmp_path / "nothing-planned") == 1
+    err = capsys.readouterr().err
+    assert "plans.json not found" in err and "fastseg plan" in err
+    with pytest.raises(SystemExit):
+        run_cli("plan", tmp_path, "-o", tmp_path / "w", "--planner", "huge")
+    with pytest.raises(SystemExit):
+        run_cli("preprocess", tmp_path, "-j", 0)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_examples(run_cli, capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command, "--help")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Example" in text and f"fastseg {command}" in text
