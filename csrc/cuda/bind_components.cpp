@@ -13,6 +13,8 @@
 
 #include "fastseg/components.h"
 
+#include "binding.h"
+
 namespace py = pybind11;
 
 // Launchers of csrc/cuda/components.cu.
@@ -30,19 +32,6 @@ void relabel(cc_index_t* labels, const int32_t* rank, int64_t total, cudaStream_
 
 namespace fastseg::bind {
 namespace {
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-template <typename T>
-T* device_pointer(std::uintptr_t address, int64_t elements, const char* name) {
-  require(address != 0 || elements == 0,
-          std::string(name) + " is a null pointer but must hold " + std::to_string(elements) + " elements");
-  return reinterpret_cast<T*>(address);
-}
-
-cudaStream_t stream_of(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 int64_t volume_size(const std::vector<int64_t>& shape) {
   require(shape.size() == 3, "shape must be (D, H, W), got " + std::to_string(shape.size()) + " entries");

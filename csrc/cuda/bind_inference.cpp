@@ -15,6 +15,8 @@
 
 #include "fastseg/inference.h"
 
+#include "binding.h"
+
 namespace py = pybind11;
 
 // Launchers of inference.cu (device arrays, C-contiguous).
@@ -36,30 +38,10 @@ void export_segmentation(const T* logits, const float* weights, const int64_t in
 namespace fastseg::bind {
 namespace {
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-template <typename T>
-std::string list_str(const std::vector<T>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += std::to_string(v[i]) + (i + 1 < v.size() ? ", " : "");
-  return s + "]";
-}
-
-template <typename T>
-T* device_pointer(std::uintptr_t address, int64_t elements, const char* name) {
-  require(address != 0 || elements == 0,
-          std::string(name) + " is a null pointer but must hold " + std::to_string(elements) + " elements");
-  return reinterpret_cast<T*>(address);
-}
-
 template <typename T>
 T* optional_pointer(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
-
-cudaStream_t stream_of(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 // Calls f with a typed null pointer naming a float storage type: 'float32', 'float16', 'bfloat16'.
 template <typename F>

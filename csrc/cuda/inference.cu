@@ -24,26 +24,11 @@
 
 #include "fastseg/inference.h"
 #include "fastseg/resample.h"
+#include "launch.cuh"
 
 namespace fastseg::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 16;
-
-unsigned int blocks_for(int64_t n) {
-  return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("fastseg CUDA kernel ") + kernel + " failed: " + cudaGetErrorName(err) + ": " +
-                             cudaGetErrorString(err));
-}
-
-__device__ int64_t grid_start() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
-__device__ int64_t grid_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
 // Shapes of one accumulation, by value.
 struct TileGeometry {

@@ -23,32 +23,15 @@
 #include "fastseg/resample.h"
 #include "kernels.cuh"
 
+#include "binding.h"
+
 namespace py = pybind11;
 using namespace fastseg;
+using namespace fastseg::bind;
 
 namespace {
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-template <typename T>
-std::string list_str(const std::vector<T>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += std::to_string(v[i]) + (i + 1 < v.size() ? ", " : "");
-  return s + "]";
-}
-
 // A device pointer passed as a Python int; null is allowed only for an empty array.
-template <typename T>
-T* device_pointer(std::uintptr_t address, int64_t elements, const char* name) {
-  require(address != 0 || elements == 0,
-          std::string(name) + " is a null pointer but must hold " + std::to_string(elements) + " elements");
-  return reinterpret_cast<T*>(address);
-}
-
-cudaStream_t stream_of(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
-
 // in (outer, n_in, inner) float32 -> out (outer, n_out, inner); coef (outer, n_in + 2 * SPLINE_PAD,
 // inner) float32 scratch for order 3, 0 otherwise.
 void resample_axis(std::uintptr_t in_ptr, std::uintptr_t out_ptr, std::uintptr_t coef_ptr, int64_t outer,
