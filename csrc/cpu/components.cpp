@@ -404,13 +404,13 @@ void keep_largest(const T* seg, T* out, Grid g, const Key& key, T background, in
 // Two OR-runs of neighbouring blocks touch only through voxels that face each other: block (Z, Y)
 // sees its earlier neighbours (Z, Y-1), (Z-1, Y-1), (Z-1, Y) and (Z-1, Y+1) through the rows listed
 // in block_face(). Run j of the block and run k of a neighbour connect when a facing voxel of j at
-// x and one of k at x' have |x - x'| <= 1. Since OR-runs are maximal, the neighbour's facing row is
-// 0 just outside run k, so inside k's x range the dilated facing row only sees run k: the test is
-// one range of (F_cur & dilate(F_nb)) plus the two columns just outside run k.
+// x and one of k at x' have |x - x'| <= 1; link_block() finds all such pairs of a face with word
+// operations and per-x tables of run indices (no branch on the layout of the runs).
 //
 // The rows are bit-packed first (64 voxels a word). Blocks are numbered Z-major, runs in block order,
-// which is not raster order: the flatten step keeps each component's first voxel in raster order
-// and ranks those positions with a bitmap, so the labels equal the run labeller's.
+// which is not raster order: each run carries a key that orders components as their first voxels do
+// (extract_block()), the flatten step keeps each component's smallest key and ranks those with a
+// bitmap, so the labels equal the run labeller's.
 
 constexpr int64_t kWord = 64;
 
@@ -421,33 +421,6 @@ inline int64_t popcount64(uint64_t v) {
   v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
   v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0Full;
   return static_cast<int64_t>((v * 0x0101010101010101ull) >> 56);
-}
-
-inline bool test_bit(const uint64_t* b, int64_t x) { return (b[x >> 6] >> (x & 63)) & 1u; }
-
-// Whether any bit of b in [lo, hi) is set (lo < hi).
-inline bool any_bit(const uint64_t* b, int64_t lo, int64_t hi) {
-  const int64_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
-  const uint64_t first = ~uint64_t{0} << (lo & 63);
-  const uint64_t last = ~uint64_t{0} >> (63 - ((hi - 1) & 63));
-  if (w0 == w1) return (b[w0] & first & last) != 0;
-  if (b[w0] & first) return true;
-  for (int64_t w = w0 + 1; w < w1; ++w)
-    if (b[w]) return true;
-  return (b[w1] & last) != 0;
-}
-
-// First set bit of b in [lo, hi), or -1.
-inline int64_t first_bit(const uint64_t* b, int64_t lo, int64_t hi) {
-  for (int64_t w = lo >> 6; w * kWord < hi; ++w) {
-    uint64_t word = b[w];
-    if (w == (lo >> 6)) word &= ~uint64_t{0} << (lo & 63);
-    if (word) {
-      const int64_t x = w * kWord + __builtin_ctzll(word);
-      return x < hi ? x : -1;
-    }
-  }
-  return -1;
 }
 
 // Bits of the run starts of row `o` (words words): set where o is set and the bit before is not.
@@ -472,9 +445,10 @@ struct ByteTables {
 };
 const ByteTables kByteTables;
 
-// The mask as bit rows: bit x of row r is word x / 64 of row r. Each row carries kPad zero words
-// after its `words`, so that 64-bit windows (window64) may start anywhere up to W. Row `rows` is all
-// zero and stands for rows outside the volume.
+// The mask as bit rows: bit x of row r is word x / 64 of row r. Each row (and each scratch row) carries
+// kPad zero words after its `words`, so that a scan may read word w + 1 of its last word and word
+// `words` itself (where the ends of runs that reach W fall). Row `rows` is all zero and stands for
+// rows outside the volume.
 constexpr int64_t kPad = 2;
 
 struct BitRows {
@@ -482,19 +456,6 @@ struct BitRows {
   std::vector<uint64_t> bits;  // [rows + 1, words + kPad]
   const uint64_t* row(int64_t r) const { return bits.data() + r * (words + kPad); }
 };
-
-// The 64 bits of b from bit lo on (bits past the row's end read 0 from the padding).
-inline uint64_t window64(const uint64_t* b, int64_t lo) {
-  const int64_t w = lo >> 6;
-  const unsigned sh = static_cast<unsigned>(lo & 63);
-  return (b[w] >> sh) | ((b[w + 1] << 1) << (63 - sh));
-}
-
-// The lowest len bits set (none for len <= 0, all for len >= 64).
-inline uint64_t low_bits(int64_t len) {
-  const uint64_t some = (uint64_t{1} << (len & 63)) - 1;
-  return len <= 0 ? 0 : (len >= 64 ? ~uint64_t{0} : some);
-}
 
 template <typename Key, typename T>
 void pack_rows(const T* in, Grid g, const Key& key, BitRows& b) {
@@ -586,14 +547,21 @@ struct BlockRuns {
   std::unique_ptr<int32_t[]> start;      // [R] first x of the OR-run
   std::unique_ptr<int32_t[]> stop;       // [R] one past its last x
   std::unique_ptr<cc_index_t[]> parent;  // [R] union-find parent, then the root
-  std::unique_ptr<uint64_t[]> first;     // [R] raster index of the run's first voxel (root: of its component)
+  std::unique_ptr<uint64_t[]> first;     // [R] ranking key of the run (root: the smallest of its component)
   std::unique_ptr<cc_index_t[]> label;   // [R] final label 1..n
 };
 
-// Per-thread scratch rows.
+// Per-thread scratch rows. `ids` holds, for recent blocks, the OR-run index at every x of the block's
+// OR row (meaningful where that row is set): a ring of `slots` rows indexed by block, filled as blocks
+// are extracted, or (slots == 0, the seams) two rows filled on demand.
 struct BlockScratch {
-  std::vector<uint64_t> o, fc, fn, gm;
-  explicit BlockScratch(int64_t words) : o(words + kPad), fc(words + kPad), fn(words + kPad), gm(words + kPad) {}
+  std::vector<uint64_t> o, fc, fn, on;
+  int64_t stride = 0, slots = 0;
+  std::vector<cc_index_t> ids;  // [max(slots, 2), stride]
+  BlockScratch(int64_t words, int64_t ring)
+      : o(words + kPad), fc(words + kPad), fn(words + kPad), on(words + kPad), stride(words * kWord + kWord),
+        slots(ring), ids(std::max<int64_t>(ring, 2) * stride) {}
+  cc_index_t* slot(int64_t bk) { return ids.data() + (bk % slots) * stride; }
 };
 
 inline void or_rows(const BitRows& b, const int64_t* rows, int n, uint64_t* out) {
@@ -604,81 +572,132 @@ inline void or_rows(const BitRows& b, const int64_t* rows, int n, uint64_t* out)
   }
 }
 
-// Links the OR-runs of block bk to those of its earlier neighbours whose block index is in [nlo, nhi).
-void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int64_t nlo, int64_t nhi) {
-  const BlockGrid& g = t.g;
-  const int64_t Z = bk / g.BY, Y = bk % g.BY, words = bits.words;
-  const int64_t jb = t.offset[bk], je = t.offset[bk + 1];
-  if (jb == je) return;
-  for (int q = 0; q < 4; ++q) {
-    const Face f = block_face(g, Z, Y, q);
-    if (f.block < nlo || f.block >= nhi) continue;
-    int64_t k = t.offset[f.block];
-    const int64_t ke = t.offset[f.block + 1];
-    if (k == ke) continue;
-    or_rows(bits, f.cur, f.n_cur, s.fc.data());
-    or_rows(bits, f.nb, f.n_nb, s.fn.data());
-    // gm = fc & dilate(fn)
-    for (int64_t w = 0; w < words; ++w) {
-      const uint64_t left = w > 0 ? s.fn[w - 1] >> 63 : 0, right = w + 1 < words ? s.fn[w + 1] << 63 : 0;
-      s.gm[w] = s.fc[w] & (s.fn[w] | (s.fn[w] << 1) | left | (s.fn[w] >> 1) | right);
-    }
-    int64_t j = jb;
-    while (j < je && k < ke) {
-      const int64_t sj = t.start[j], ej = t.stop[j], sk = t.start[k], ek = t.stop[k];
-      // Overlaps of up to a word (noise) are tested on one 64-bit window, longer ones word by word;
-      // the two columns just outside run k are single-bit tests.
-      const int64_t lo = std::max(sj, sk), len = std::min(ej, ek) - lo;
-      bool hit = len > kWord ? any_bit(s.gm.data(), lo, lo + len) : (window64(s.gm.data(), lo) & low_bits(len)) != 0;
-      const int64_t left = sk - 1;  // the column just before run k, and ek the one just after
-      hit |= (left >= sj) & (left < ej) & test_bit(s.fc.data(), std::max<int64_t>(left, 0)) & test_bit(s.fn.data(), sk);
-      hit |= (ek >= sj) & (ek < ej) & test_bit(s.fc.data(), ek) & test_bit(s.fn.data(), std::max<int64_t>(ek - 1, 0));
-      if (hit) merge<true>(t.parent.get(), static_cast<cc_index_t>(j), static_cast<cc_index_t>(k), SerialLink{});
-      // The run that ends first touches nothing further in the other row (runs are >= 1 apart).
-      const bool step_k = ek < ej;
-      k += step_k;
-      j += !step_k;
+// ids[x] = base - 1 + (run starts of OR row o at or before x): the index of the OR-run over x.
+inline void fill_ids(const uint64_t* o, int64_t words, int64_t base, cc_index_t* ids) {
+  cc_index_t j = static_cast<cc_index_t>(base - 1);
+  for (int64_t w = 0; w < words; ++w) {
+    const uint64_t st = start_bits(o, w);
+    cc_index_t* d = ids + w * kWord;
+    for (int i = 0; i < kWord; ++i) {
+      j += static_cast<cc_index_t>((st >> i) & 1u);
+      d[i] = j;
     }
   }
 }
 
-// OR-runs of block bk into t from index t.offset[bk], with their first voxels; each its own root.
+// The OR-run index row of block bk: from the ring, or rebuilt into row `spare` of the scratch.
+const cc_index_t* block_ids(const BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int spare) {
+  if (s.slots > 0) return s.slot(bk);
+  int64_t rows[4];
+  or_rows(bits, rows, block_rows(t.g, bk / t.g.BY, bk % t.g.BY, rows), s.on.data());
+  cc_index_t* d = s.ids.data() + spare * s.stride;
+  fill_ids(s.on.data(), bits.words, t.offset[bk], d);
+  return d;
+}
+
+// Links the OR-runs of block bk to those of its earlier neighbours whose block index is in [nlo, nhi).
+//
+// Bit-parallel: with F_cur, F_nb the facing rows of the block and of a neighbour and O_nb the
+// neighbour's OR row, a voxel x of F_cur touches
+//   A: the neighbour's run over x, where O_nb[x] is set and F_nb has a bit in x - 1..x + 1 (any such
+//      bit is in the run over x, as O_nb is set between them);
+//   B, C: where O_nb[x] is clear, the runs over x - 1 and x + 1, where F_nb is set there.
+// Neighbouring bits of A join the same two runs, so only the first bit of each stretch of A is
+// linked; B and C bits are never adjacent. Each linked bit costs two table reads and a merge, with no
+// branch on the run layout.
+void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int64_t nlo, int64_t nhi) {
+  const BlockGrid& g = t.g;
+  const int64_t Z = bk / g.BY, Y = bk % g.BY, words = bits.words;
+  if (t.offset[bk] == t.offset[bk + 1]) return;
+  const cc_index_t* cur = nullptr;
+  cc_index_t* parent = t.parent.get();
+  for (int q = 0; q < 4; ++q) {
+    const Face f = block_face(g, Z, Y, q);
+    if (f.block < nlo || f.block >= nhi) continue;
+    if (t.offset[f.block] == t.offset[f.block + 1]) continue;
+    if (!cur) cur = block_ids(t, bits, s, bk, 0);
+    const cc_index_t* nb = block_ids(t, bits, s, f.block, 1);
+    int64_t rows[4];
+    or_rows(bits, rows, block_rows(g, f.block / g.BY, f.block % g.BY, rows), s.on.data());
+    or_rows(bits, f.cur, f.n_cur, s.fc.data());
+    or_rows(bits, f.nb, f.n_nb, s.fn.data());
+    uint64_t carry_a = 0;
+    for (int64_t w = 0; w < words; ++w) {
+      const uint64_t fn = s.fn[w], fc = s.fc[w], on = s.on[w];
+      if (fc == 0 || (fn | (w > 0 ? s.fn[w - 1] : 0) | s.fn[w + 1]) == 0) {
+        carry_a = 0;
+        continue;
+      }
+      const uint64_t left = (fn << 1) | (w > 0 ? s.fn[w - 1] >> 63 : 0);  // bit x: F_nb[x - 1]
+      const uint64_t right = (fn >> 1) | (s.fn[w + 1] << 63);             // bit x: F_nb[x + 1]
+      const uint64_t a = fc & on & (fn | left | right);
+      const int64_t x0 = w * kWord;
+      for (uint64_t e = a & ~((a << 1) | carry_a); e; e &= e - 1) {
+        const int64_t x = x0 + __builtin_ctzll(e);
+        merge<true>(parent, cur[x], nb[x], SerialLink{});
+      }
+      carry_a = a >> 63;
+      for (uint64_t e = fc & ~on & left; e; e &= e - 1) {
+        const int64_t x = x0 + __builtin_ctzll(e);
+        merge<true>(parent, cur[x], nb[x - 1], SerialLink{});
+      }
+      for (uint64_t e = fc & ~on & right; e; e &= e - 1) {
+        const int64_t x = x0 + __builtin_ctzll(e);
+        merge<true>(parent, cur[x], nb[x + 1], SerialLink{});
+      }
+    }
+  }
+}
+
+// OR-runs of block bk into t from index t.offset[bk], each its own root, with its ranking key.
+//
+// The key of a run is r * W + s: r the first row of the block (in raster order) with a voxel in the
+// run, s the run's start. It is not the run's first voxel (that lies at or after s in row r), but it
+// orders components as their first voxels do: a component's smallest key lies in its first row, in
+// the run of that row that holds its first voxel (a run further left would hold an earlier voxel),
+// and two components never share a key (one row, one start: one run). So the ranks are the same.
+//
+// Which rows meet which runs, all runs at once: adding row R (a subset of the OR row O) to O carries
+// through every run of O that holds a bit of R and out at the bit just past the run, which O leaves
+// clear; runs without bits of R add nothing. So (O + R) & ~O, a multi-word addition, marks exactly
+// the ends of the runs that R meets, for runs of any length.
 void extract_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk) {
   const BlockGrid& g = t.g;
   int64_t rows[4];
   const int nr = block_rows(g, bk / g.BY, bk % g.BY, rows);
   or_rows(bits, rows, nr, s.o.data());
   const int64_t o = t.offset[bk];
+  if (s.slots > 0) fill_ids(s.o.data(), bits.words, o, s.slot(bk));
+  const uint64_t* row[4];
+  uint64_t key[4], carry[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 4; ++i) {
+    row[i] = bits.row(rows[std::min(i, nr - 1)]);
+    key[i] = static_cast<uint64_t>(rows[std::min(i, nr - 1)]) * g.W;
+  }
   int64_t ns = o, ne = o;
-  for (int64_t w = 0; w < bits.words; ++w) {
-    const uint64_t prev = (s.o[w] << 1) | (w > 0 ? s.o[w - 1] >> 63 : 0);
-    for (uint64_t st = s.o[w] & ~prev; st; st &= st - 1) t.start[ns++] = static_cast<int32_t>(w * kWord + __builtin_ctzll(st));
-    for (uint64_t en = ~s.o[w] & prev; en; en &= en - 1) t.stop[ne++] = static_cast<int32_t>(w * kWord + __builtin_ctzll(en));
-  }
-  if (ne < ns) t.stop[ne++] = static_cast<int32_t>(bits.words * kWord);  // a run reaching the last word's end
-  for (int64_t j = o; j < ns; ++j) {
-    t.parent[j] = static_cast<cc_index_t>(j);
-    const int64_t sj = t.start[j], len = t.stop[j] - sj;
-    if (len > kWord) {
-      for (int i = 0; i < nr; ++i) {
-        const int64_t x = first_bit(bits.row(rows[i]), sj, sj + len);
-        if (x >= 0) {
-          t.first[j] = static_cast<uint64_t>(rows[i]) * g.W + x;
-          break;
-        }
-      }
-      continue;
+  // Word `words` is padding (0 in O and in every row): it receives the ends of runs that reach W.
+  for (int64_t w = 0; w <= bits.words; ++w) {
+    const uint64_t ow = s.o[w], prev = (ow << 1) | (w > 0 ? s.o[w - 1] >> 63 : 0);
+    uint64_t meets[4];
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t sum = ow + row[i][w], total = sum + carry[i];
+      carry[i] = (sum < ow) | (total < sum);
+      meets[i] = total & ~ow;
     }
-    // Short runs without branches: the first row (in raster order) with a voxel in the run wins.
-    const uint64_t m = low_bits(len);
-    uint64_t best = 0;
-    for (int i = nr - 1; i >= 0; --i) {
-      const uint64_t b = window64(bits.row(rows[i]), sj) & m;
-      const uint64_t here = static_cast<uint64_t>(rows[i]) * g.W + sj + (b ? __builtin_ctzll(b) : 0);
-      best = b ? here : best;
+    // Per run end: bit 0 and bit 1 of the index of the first row that meets the run.
+    const uint64_t none01 = ~(meets[0] | meets[1]);
+    const uint64_t b0 = (meets[1] & ~meets[0]) | (none01 & ~meets[2]);
+    const uint64_t b1 = none01;
+    for (uint64_t st = ow & ~prev; st; st &= st - 1) t.start[ns++] = static_cast<int32_t>(w * kWord + __builtin_ctzll(st));
+    for (uint64_t en = ~ow & prev; en; en &= en - 1) {
+      const int b = __builtin_ctzll(en);
+      const int i = static_cast<int>((b0 >> b) & 1u) | static_cast<int>(((b1 >> b) & 1u) << 1);
+      t.stop[ne] = static_cast<int32_t>(w * kWord + b);
+      t.first[ne] = key[i] + static_cast<uint64_t>(t.start[ne]);
+      ++ne;
     }
-    t.first[j] = best;
   }
+  for (int64_t j = o; j < ns; ++j) t.parent[j] = static_cast<cc_index_t>(j);
 }
 
 template <typename Key, typename T>
@@ -720,7 +739,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   // Extract and link, slab by slab; the seams after.
 #pragma omp parallel num_threads(threads)
   {
-    BlockScratch scratch(words);
+    BlockScratch scratch(words, g.BY + 2);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t sl = 0; sl < slabs; ++sl) {
       const int64_t lo = sl * t.blocks / slabs, hi = (sl + 1) * t.blocks / slabs;
@@ -731,15 +750,16 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     }
   }
   {
-    BlockScratch scratch(words);
+    BlockScratch scratch(words, 0);
     for (int64_t sl = 1; sl < slabs; ++sl) {
       const int64_t lo = sl * t.blocks / slabs, hi = (sl + 1) * t.blocks / slabs;
       for (int64_t bk = lo; bk < std::min(hi, lo + g.BY + 2); ++bk) link_block(t, bits, scratch, bk, 0, lo);
     }
   }
 
-  // Flatten: roots keep the smallest first voxel of their component; those positions, ranked in
-  // raster order through a bitmap, are the labels.
+  // Flatten: roots keep the smallest key (extract_block) of their component; those positions, ranked
+  // in raster order through a bitmap, are the labels. The first pass is sequential (parent[p] < p is
+  // final when p is reached); after it every run points at its root, and the rest runs in parallel.
   cc_index_t* parent = t.parent.get();
   uint64_t* first = t.first.get();
   for (int64_t p = 0; p < t.total; ++p) {
@@ -750,24 +770,37 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     first[root] = std::min(first[root], first[p]);
   }
   const int64_t voxels = g.D * g.H * g.W, map_words = (voxels + kWord - 1) / kWord;
-  std::vector<uint64_t> firsts(map_words, 0);
-  for (int64_t p = 0; p < t.total; ++p)
-    if (parent[p] == static_cast<cc_index_t>(p)) firsts[first[p] >> 6] |= uint64_t{1} << (first[p] & 63);
-  std::vector<cc_index_t> before(map_words);  // roots in earlier words
-  cc_index_t count = 0;
-  for (int64_t w = 0; w < map_words; ++w) {
-    before[w] = count;
-    count += static_cast<cc_index_t>(popcount64(firsts[w]));
-  }
-  t.n = count;
+  std::unique_ptr<uint64_t[]> firsts(new uint64_t[map_words]);
+  std::unique_ptr<cc_index_t[]> before(new cc_index_t[map_words]);  // roots in earlier words
   t.label.reset(new cc_index_t[t.total]);
-  for (int64_t p = 0; p < t.total; ++p) {
-    if (parent[p] == static_cast<cc_index_t>(p)) {
-      const uint64_t f = first[p];
-      t.label[p] = before[f >> 6] + static_cast<cc_index_t>(popcount64(firsts[f >> 6] & ((uint64_t{1} << (f & 63)) - 1))) + 1;
-    } else {
-      t.label[p] = t.label[parent[p]];
+  cc_index_t* label = t.label.get();
+  const int64_t chunk = 1 << 14;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < map_words; ++w) firsts[w] = 0;
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t p = 0; p < t.total; ++p)
+      if (parent[p] == static_cast<cc_index_t>(p))
+        __atomic_fetch_or(&firsts[first[p] >> 6], uint64_t{1} << (first[p] & 63), __ATOMIC_RELAXED);
+#pragma omp single
+    {
+      cc_index_t count = 0;
+      for (int64_t w = 0; w < map_words; ++w) {
+        before[w] = count;
+        count += static_cast<cc_index_t>(popcount64(firsts[w]));
+      }
+      t.n = count;
     }
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t p = 0; p < t.total; ++p) {
+      if (parent[p] != static_cast<cc_index_t>(p)) continue;
+      const uint64_t f = first[p];
+      label[p] = before[f >> 6] + static_cast<cc_index_t>(popcount64(firsts[f >> 6] & ((uint64_t{1} << (f & 63)) - 1))) + 1;
+    }
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t p = 0; p < t.total; ++p)
+      if (parent[p] != static_cast<cc_index_t>(p)) label[p] = label[parent[p]];
   }
 
   // Write the labels: a voxel takes the label of the OR-run over its column, counted through the
@@ -785,7 +818,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
       // A voxel's run is the number of runs started up to it: t.label[base + that count].
       const int64_t base = t.offset[bk] - 1;
       const uint64_t* fg = bits.row(r);
-      const cc_index_t* label = t.label.get();
       cc_index_t* dst = out + r * W;
       int64_t j = base;
       for (int64_t w = 0; w < words; ++w) {
