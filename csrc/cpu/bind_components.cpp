@@ -17,46 +17,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "fastseg/components.h"
+#include "binding.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 
-// Launchers of csrc/cpu/components.cpp.
-namespace fastseg::cpu {
-// labels: out [D, H, W], 0 for background, components 1..n in raster order of their first voxel.
-// binary: every nonzero voxel is foreground; else voxels connect only when their values are equal.
-template <typename T>
-int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary);
-// Per label 1..n of labels [D, H, W]: count [n], bbox [n, 6] (z0, y0, x0, z1, y1, x1, stops
-// exclusive), value [n] (image at the component's first voxel; 1 when image is null). Returns the
-// largest label above n that was found (and skipped), 0 when there is none.
-template <typename L, typename V>
-uint64_t component_stats(const L* labels, const V* image, const int64_t shape[3], int64_t n, int64_t* count,
-                         int64_t* bbox, V* value);
-// out = seg, except that voxels of members[0..n_members) outside the largest component(s) of their
-// union become `background`.
-template <typename T>
-void remove_all_but_largest(const T* seg, T* out, const int64_t shape[3], const T* members, int64_t n_members,
-                            T background, int connectivity);
-// out = mask, or 1 where the background component (under `connectivity`) does not reach the border.
-template <typename T>
-void fill_holes(const T* mask, uint8_t* out, const int64_t shape[3], int connectivity);
-}  // namespace fastseg::cpu
-
 namespace fastseg::bind {
 namespace {
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += std::to_string(a.shape(i)) + (i + 1 < a.ndim() ? ", " : "");
-  return s + ")";
-}
-
-std::string dtype_str(const py::array& a) { return py::str(static_cast<py::object>(a.dtype())).cast<std::string>(); }
 
 bool is_integral(const py::array& a) {
   const char k = a.dtype().kind();

@@ -16,43 +16,13 @@
 #include <string>
 #include <vector>
 
-#include "fastseg/inference.h"
+#include "binding.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 
-// Launchers of inference.cpp.
-namespace fastseg::cpu {
-// acc [C, D, H, W] += tiles[b] * importance at offsets[b]; weights [D, H, W] += importance (both may
-// be null: weights skipped, importance 1). tiles [B, C, d, h, w], offsets [B, 3] (z, y, x) with every
-// tile inside the image, importance [d, h, w]. image = (C, D, H, W), tile = (B, C, d, h, w).
-template <typename T>
-void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
-                      const int64_t image[4], const int64_t tile[5]);
-// acc [C, voxels] /= weights [voxels], in place.
-void normalize_accumulated(float* acc, const float* weights, int64_t C, int64_t voxels);
-// logits [C, D, H, W] (divided by weights [D, H, W] when not null) resampled to out_shape (D', H', W')
-// with per-axis order 0/1 and labelled by `mode`: labels [D', H', W'], probabilities [C, D', H', W']
-// (softmax or sigmoid; may be null). region_labels [C] for ExportMode::kRegions.
-template <typename T, typename L>
-void export_segmentation(const T* logits, const float* weights, const int64_t in_shape[4], const int64_t out_shape[3],
-                         const int orders[3], ExportMode mode, const int32_t* region_labels, L* labels,
-                         float* probabilities);
-}  // namespace fastseg::cpu
-
 namespace fastseg::bind {
 namespace {
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += std::to_string(a.shape(i)) + (i + 1 < a.ndim() ? ", " : "");
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::string dtype_str(const py::array& a) { return py::str(static_cast<py::object>(a.dtype())).cast<std::string>(); }
 
 bool is_float32(const py::array& a) { return a.dtype().kind() == 'f' && a.dtype().itemsize() == 4; }
 

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "fastseg/components.h"
+#include "fastseg/inference.h"
 #include "fastseg/normalize.h"
 
 namespace fastseg::cpu {
@@ -43,5 +45,44 @@ Moments moments(const T* x, const uint8_t* mask, int64_t n);
 // of non-finite inputs.
 template <typename T>
 int64_t normalize_apply(const T* x, float* out, const uint8_t* mask, int64_t n, AffineParams p);
+
+// --- connected components (components.cpp) ---------------------------------------------------
+
+// labels: out [D, H, W], 0 for background, components 1..n in raster order of their first voxel.
+// binary: every nonzero voxel is foreground; else voxels connect only when their values are equal.
+template <typename T>
+int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary);
+// Per label 1..n of labels [D, H, W]: count [n], bbox [n, 6] (z0, y0, x0, z1, y1, x1, stops
+// exclusive), value [n] (image at the component's first voxel; 1 when image is null). Returns the
+// largest label above n that was found (and skipped), 0 when there is none.
+template <typename L, typename V>
+uint64_t component_stats(const L* labels, const V* image, const int64_t shape[3], int64_t n, int64_t* count,
+                         int64_t* bbox, V* value);
+// out = seg, except that voxels of members[0..n_members) outside the largest component(s) of their
+// union become `background`.
+template <typename T>
+void remove_all_but_largest(const T* seg, T* out, const int64_t shape[3], const T* members, int64_t n_members,
+                            T background, int connectivity);
+// out = mask, or 1 where the background component (under `connectivity`) does not reach the border.
+template <typename T>
+void fill_holes(const T* mask, uint8_t* out, const int64_t shape[3], int connectivity);
+
+// --- inference (inference.cpp) ----------------------------------------------------------------
+
+// acc [C, D, H, W] += tiles[b] * importance at offsets[b]; weights [D, H, W] += importance (both may
+// be null: weights skipped, importance 1). tiles [B, C, d, h, w], offsets [B, 3] (z, y, x) with every
+// tile inside the image, importance [d, h, w]. image = (C, D, H, W), tile = (B, C, d, h, w).
+template <typename T>
+void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
+                      const int64_t image[4], const int64_t tile[5]);
+// acc [C, voxels] /= weights [voxels], in place.
+void normalize_accumulated(float* acc, const float* weights, int64_t C, int64_t voxels);
+// logits [C, D, H, W] (divided by weights [D, H, W] when not null) resampled to out_shape (D', H', W')
+// with per-axis order 0/1 and labelled by `mode`: labels [D', H', W'], probabilities [C, D', H', W']
+// (softmax or sigmoid; may be null). region_labels [C] for ExportMode::kRegions.
+template <typename T, typename L>
+void export_segmentation(const T* logits, const float* weights, const int64_t in_shape[4], const int64_t out_shape[3],
+                         const int orders[3], ExportMode mode, const int32_t* region_labels, L* labels,
+                         float* probabilities);
 
 }  // namespace fastseg::cpu

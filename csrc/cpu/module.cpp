@@ -12,33 +12,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "binding.h"
 #include "kernels.h"
 
 namespace py = pybind11;
 using namespace fastseg;
+using namespace fastseg::bind;
 
 namespace {
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-void require_c_contiguous(const py::array& a, const char* name) {
-  require(a.flags() & py::array::c_style, std::string(name) + " must be C-contiguous (the Python wrapper copies it)");
-}
-
-// dtype identity by kind and size: numpy may hand out distinct but equal dtype objects.
-template <typename T>
-bool is_type(const py::dtype& dt) {
-  const char kind = std::is_floating_point_v<T> ? 'f' : (std::is_signed_v<T> ? 'i' : 'u');
-  return dt.kind() == kind && dt.itemsize() == static_cast<py::ssize_t>(sizeof(T));
-}
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += std::to_string(a.shape(i)) + (i + 1 < a.ndim() ? ", " : "");
-  return s + ")";
-}
 
 py::array_t<float> resample_axis(const py::array_t<float, 0>& x, int64_t n_out, int order) {
   require(x.ndim() == 3, "x must be (outer, n, inner), got shape " + shape_str(x));

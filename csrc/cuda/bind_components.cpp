@@ -14,21 +14,9 @@
 #include "fastseg/components.h"
 
 #include "binding.h"
+#include "kernels.cuh"
 
 namespace py = pybind11;
-
-// Launchers of csrc/cuda/components.cu.
-namespace fastseg::cuda {
-// labels [D, H, W]: each foreground voxel's root (its component's first voxel, as a linear index),
-// kNoLabel for background.
-template <typename T>
-void label_components(const T* in, cc_index_t* labels, const int64_t shape[3], int connectivity, bool binary,
-                      cudaStream_t stream);
-// flags[v] = 1 where labels[v] == v (a root), else 0.
-void mark_roots(const cc_index_t* labels, int32_t* flags, int64_t total, cudaStream_t stream);
-// labels[v] = rank[labels[v]] (0 for background): roots to labels 1..n given the prefix sum of flags.
-void relabel(cc_index_t* labels, const int32_t* rank, int64_t total, cudaStream_t stream);
-}  // namespace fastseg::cuda
 
 namespace fastseg::bind {
 namespace {

@@ -16,24 +16,9 @@
 #include "fastseg/inference.h"
 
 #include "binding.h"
+#include "kernels.cuh"
 
 namespace py = pybind11;
-
-// Launchers of inference.cu (device arrays, C-contiguous).
-namespace fastseg::cuda {
-// acc [C, D, H, W] += tiles[b] * importance at offsets[b] (device int64 [B, 3]); weights [D, H, W]
-// += importance; weights and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w).
-template <typename T>
-void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
-                      const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
-// Fused resample + label of logits [C, D, H, W] (divided by weights [D, H, W] when not null) to
-// labels [D', H', W'] and optionally probabilities [C, D', H', W']; region_labels [C] (device int32)
-// for ExportMode::kRegions.
-template <typename T, typename L>
-void export_segmentation(const T* logits, const float* weights, const int64_t in_shape[4], const int64_t out_shape[3],
-                         const int orders[3], ExportMode mode, const int32_t* region_labels, L* labels,
-                         float* probabilities, cudaStream_t stream);
-}  // namespace fastseg::cuda
 
 namespace fastseg::bind {
 namespace {

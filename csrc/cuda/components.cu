@@ -25,6 +25,7 @@
 #include <string>
 
 #include "fastseg/components.h"
+#include "kernels.cuh"
 #include "launch.cuh"
 
 namespace fastseg::cuda {

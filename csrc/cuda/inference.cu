@@ -24,6 +24,7 @@
 
 #include "fastseg/inference.h"
 #include "fastseg/resample.h"
+#include "kernels.cuh"
 #include "launch.cuh"
 
 namespace fastseg::cuda {

@@ -13,6 +13,9 @@
 
 #include <cstdint>
 
+#include "fastseg/components.h"
+#include "fastseg/inference.h"
+
 namespace fastseg::cuda {
 
 // One axis of a separable resample, float32 device arrays:
@@ -34,5 +37,32 @@ void resample_axis(const float* in, float* out, float* coef, int64_t outer, int6
 template <typename L>
 void resample_seg(const L* in, L* out, const int64_t in_shape[4], const int64_t out_shape[4], const int orders[3],
                   bool strict, bool zero_is_label, cudaStream_t stream);
+
+// --- connected components (components.cu) ----------------------------------------------------
+
+// labels [D, H, W]: each foreground voxel's root (its component's first voxel, as a linear index),
+// kNoLabel for background.
+template <typename T>
+void label_components(const T* in, cc_index_t* labels, const int64_t shape[3], int connectivity, bool binary,
+                      cudaStream_t stream);
+// flags[v] = 1 where labels[v] == v (a root), else 0.
+void mark_roots(const cc_index_t* labels, int32_t* flags, int64_t total, cudaStream_t stream);
+// labels[v] = rank[labels[v]] (0 for background): roots to labels 1..n given the prefix sum of flags.
+void relabel(cc_index_t* labels, const int32_t* rank, int64_t total, cudaStream_t stream);
+
+// --- inference (inference.cu) -----------------------------------------------------------------
+
+// acc [C, D, H, W] += tiles[b] * importance at offsets[b] (device int64 [B, 3]); weights [D, H, W]
+// += importance; weights and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w).
+template <typename T>
+void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
+                      const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
+// Fused resample + label of logits [C, D, H, W] (divided by weights [D, H, W] when not null) to
+// labels [D', H', W'] and optionally probabilities [C, D', H', W']; region_labels [C] (device int32)
+// for ExportMode::kRegions.
+template <typename T, typename L>
+void export_segmentation(const T* logits, const float* weights, const int64_t in_shape[4], const int64_t out_shape[3],
+                         const int orders[3], ExportMode mode, const int32_t* region_labels, L* labels,
+                         float* probabilities, cudaStream_t stream);
 
 }  // namespace fastseg::cuda
