@@ -110,3 +110,24 @@ def test_wrong_type():
         normalize([1.0, 2.0], "NoNormalization")
     with pytest.raises(TypeError, match="float or integer"):
         normalize(np.ones(3, np.complex64), "NoNormalization")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("masked", [False, True], ids=["whole", "masked"])
+def test_native_moments_leave_out_nonfinite(rng, dtype, masked):
+    """The statistics pass against numpy in float64, with NaN/Inf in some blocks and not in others."""
+    from fastseg import _native
+
+    x = (rng.normal(size=20011) * 300 + 1e4).astype(dtype)
+    if x.dtype.kind == "f":
+        x[[5, 700, 19999]] = [np.nan, np.inf, -np.inf]
+    mask = rng.random(x.size) > 0.4 if masked else None
+    got = _native.cpu().moments(x, mask)
+    finite = np.isfinite(x.astype(np.float64))
+    keep = finite & (mask if masked else True)
+    ref = x[keep].astype(np.float64)
+    assert got["nonfinite"] == int((~finite).sum())
+    assert got["count"] == ref.size
+    assert got["min"] == ref.min() and got["max"] == ref.max()
+    np.testing.assert_allclose(got["mean"], ref.mean(), rtol=1e-9)
+    np.testing.assert_allclose(got["std"], ref.std(), rtol=1e-5)
