@@ -129,5 +129,6 @@ def test_native_moments_leave_out_nonfinite(rng, dtype, masked):
     assert got["nonfinite"] == int((~finite).sum())
     assert got["count"] == ref.size
     assert got["min"] == ref.min() and got["max"] == ref.max()
-    np.testing.assert_allclose(got["mean"], ref.mean(), rtol=1e-9)
+    # float32 and 16-bit inputs sum in float lanes per block of 512, then in double
+    np.testing.assert_allclose(got["mean"], ref.mean(), rtol=1e-7)
     np.testing.assert_allclose(got["std"], ref.std(), rtol=1e-5)
