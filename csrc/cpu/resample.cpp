@@ -237,49 +237,71 @@ void resample_seg(const L* in, L* out, const int64_t* in_shape, const int64_t* o
   for (int a = 0; a < 3; ++a) nearest[a] = make_taps(0, in_shape[a + 1], out_shape[a + 1]);
   const int td = taps[0].taps, th = taps[1].taps, tw = taps[2].taps;
   const SegVote mode = strict ? SegVote::kThresholdStrict : SegVote::kArgmaxNearest;
-#pragma omp parallel for schedule(static) collapse(2)
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t d = 0; d < Do; ++d) {
-      const L* src = in + c * D * H * W;
-      const int64_t* idx_d = &taps[0].idx[d * kMaxTaps];
-      const double* w_d = &taps[0].w[d * kMaxTaps];
-      for (int64_t h = 0; h < Ho; ++h) {
-        const int64_t* idx_h = &taps[1].idx[h * kMaxTaps];
-        const double* w_h = &taps[1].w[h * kMaxTaps];
-        // The (z, y) corners of this output row: up to 4 input rows and their weights.
-        const L* rows[4];
-        double row_w[4];
-        int n_rows = 0;
-        for (int a = 0; a < td; ++a)
-          for (int b = 0; b < th; ++b) {
-            rows[n_rows] = src + (idx_d[a] * H + idx_h[b]) * W;
-            row_w[n_rows++] = w_d[a] * w_h[b];
-          }
-        const L* near_row = src + (nearest[0].idx[d * kMaxTaps] * H + nearest[1].idx[h * kMaxTaps]) * W;
-        L* drow = out + ((c * Do + d) * Ho + h) * Wo;
-        if (n_rows == 1 && tw == 1) {  // nearest neighbour along every axis: a gather
-          for (int64_t w = 0; w < Wo; ++w) drow[w] = rows[0][taps[2].idx[w * kMaxTaps]];
-          continue;
-        }
-        L corner[8];
-        double weight[8];
-        for (int64_t w = 0; w < Wo; ++w) {
-          const int64_t* idx_w = &taps[2].idx[w * kMaxTaps];
-          const double* w_w = &taps[2].w[w * kMaxTaps];
-          int n = 0;
-          for (int r = 0; r < n_rows; ++r)
-            for (int e = 0; e < tw; ++e) corner[n++] = rows[r][idx_w[e]];
-          if (corners_uniform(corner, n)) {  // most voxels: skip the weights
-            drow[w] = corner[0];
+  // Raw views of the x-axis tables: the inner loop writes labels, which may be of a char type.
+  const int64_t* x_idx = taps[2].idx.data();
+  const double* x_w = taps[2].w.data();
+  const int64_t* x_near = nearest[2].idx.data();
+#pragma omp parallel
+  {
+    std::vector<uint8_t> uniform(W);
+  #pragma omp for schedule(static) collapse(2)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t d = 0; d < Do; ++d) {
+        const L* src = in + c * D * H * W;
+        const int64_t* idx_d = &taps[0].idx[d * kMaxTaps];
+        const double* w_d = &taps[0].w[d * kMaxTaps];
+        for (int64_t h = 0; h < Ho; ++h) {
+          const int64_t* idx_h = &taps[1].idx[h * kMaxTaps];
+          const double* w_h = &taps[1].w[h * kMaxTaps];
+          // The (z, y) corners of this output row: up to 4 input rows and their weights.
+          const L* rows[4];
+          double row_w[4];
+          int n_rows = 0;
+          for (int a = 0; a < td; ++a)
+            for (int b = 0; b < th; ++b) {
+              rows[n_rows] = src + (idx_d[a] * H + idx_h[b]) * W;
+              row_w[n_rows++] = w_d[a] * w_h[b];
+            }
+          const L* near_row = src + (nearest[0].idx[d * kMaxTaps] * H + nearest[1].idx[h * kMaxTaps]) * W;
+          L* drow = out + ((c * Do + d) * Ho + h) * Wo;
+          if (n_rows == 1 && tw == 1) {  // nearest neighbour along every axis: a gather
+            for (int64_t w = 0; w < Wo; ++w) drow[w] = rows[0][x_idx[w * kMaxTaps]];
             continue;
           }
-          n = 0;
-          for (int r = 0; r < n_rows; ++r)
-            for (int e = 0; e < tw; ++e) weight[n++] = row_w[r] * w_w[e];
-          drow[w] = seg_vote(corner, weight, n, near_row[nearest[2].idx[w * kMaxTaps]], mode, zero_is_label);
+          L corner[8];
+          double weight[8];
+          // uniform[x]: every corner row holds the same label at x (and at x + 1 for linear taps), so
+          // an output whose x taps start at x takes that label without a vote. One vectorised pass
+          // per output row; most voxels then cost a load and a store.
+          for (int64_t x = 0; x < W; ++x) uniform[x] = 1;
+          for (int r = 0; r < n_rows; ++r) {
+            const L* row = rows[r];
+            const L* first = rows[0];
+            if (tw == 2) {
+              for (int64_t x = 0; x + 1 < W; ++x) uniform[x] &= (row[x] == first[x]) & (row[x + 1] == first[x]);
+              uniform[W - 1] &= row[W - 1] == first[W - 1];
+            } else {
+              for (int64_t x = 0; x < W; ++x) uniform[x] &= row[x] == first[x];
+            }
+          }
+          for (int64_t w = 0; w < Wo; ++w) {
+            const int64_t* idx_w = x_idx + w * kMaxTaps;
+            const double* w_w = x_w + w * kMaxTaps;
+            if (uniform[idx_w[0]]) {
+              drow[w] = rows[0][idx_w[0]];
+              continue;
+            }
+            int n = 0;
+            for (int r = 0; r < n_rows; ++r)
+              for (int e = 0; e < tw; ++e) corner[n++] = rows[r][idx_w[e]];
+            n = 0;
+            for (int r = 0; r < n_rows; ++r)
+              for (int e = 0; e < tw; ++e) weight[n++] = row_w[r] * w_w[e];
+            drow[w] = seg_vote(corner, weight, n, near_row[x_near[w * kMaxTaps]], mode, zero_is_label);
+          }
         }
       }
-    }
+  }
 }
 
 #define FASTSEG_INSTANTIATE_SEG(L)                                                                          \
