@@ -34,12 +34,8 @@ NUM_CASES = 20
 SHAPE = (100, 256, 256)
 RESULTS: dict[str, dict] = {}
 
-# `fastseg` as a fresh process; registers plan/preprocess if this checkout's cli.py does not list them yet.
-CLI = (
-    "import sys; from fastseg import cli; "
-    "cli.COMMANDS = tuple(dict.fromkeys(cli.COMMANDS + ('plan', 'preprocess'))); "
-    "sys.exit(cli.main(sys.argv[1:]))"
-)
+# `fastseg` as a fresh process, from the same interpreter and import path as this run.
+CLI = "import sys; from fastseg.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module", autouse=True)
