@@ -22,7 +22,7 @@ import numpy as np
 
 from fastseg import _native
 from fastseg.ops._arrays import kind_of, torch
-from fastseg.ops.resample import ANISO_THRESHOLD, _check_spacing, separate_z_axis
+from fastseg.ops.resample import ANISO_THRESHOLD, _check_new_shape, _check_spacing, separate_z_axis
 
 
 __all__ = ["export_orders", "export_segmentation"]
@@ -137,14 +137,7 @@ def export_segmentation(
     is_float = logits.dtype.kind == "f" if isinstance(logits, np.ndarray) else logits.is_floating_point()
     if not is_float:
         raise ValueError(f"logits must be a float array (float32, float16 or bfloat16), got {logits.dtype}")
-    try:
-        target = tuple(int(v) for v in new_shape)
-    except TypeError as err:
-        raise TypeError(f"new_shape must be a sequence of ints, got {new_shape!r}") from err
-    if len(target) != spatial_ndim or any(t <= 0 for t in target) or any(t != v for t, v in zip(target, new_shape)):
-        raise ValueError(
-            f"new_shape must hold {spatial_ndim} positive integers for logits of shape {shape}, got {new_shape!r}"
-        )
+    target = _check_new_shape(new_shape, "logits", shape)
     cur = _check_spacing("current_spacing", current_spacing, spatial_ndim)
     new = _check_spacing("new_spacing", new_spacing, spatial_ndim)
     if order not in _ORDERS:

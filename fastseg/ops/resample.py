@@ -188,6 +188,18 @@ def _check_spacing(name: str, spacing: Sequence[float], ndim: int) -> tuple:
     return values
 
 
+def _check_new_shape(new_shape: Sequence[int], name: str, shape: tuple) -> tuple:
+    """new_shape as a tuple of positive ints, one per spatial axis of `name` (shape (C, *spatial))."""
+    spatial_ndim = len(shape) - 1
+    try:
+        target = tuple(int(v) for v in new_shape)
+    except TypeError as err:
+        raise TypeError(f"new_shape must be a sequence of ints, got {new_shape!r}") from err
+    if len(target) != spatial_ndim or any(t <= 0 for t in target) or any(t != v for t, v in zip(target, new_shape)):
+        raise ValueError(f"new_shape must hold {spatial_ndim} positive integers for {name} of shape {shape}, got {new_shape!r}")
+    return target
+
+
 def resample(
     data: Any,
     new_shape: Sequence[int],
@@ -236,14 +248,7 @@ def resample(
     spatial_ndim = data.ndim - 1
     if 0 in tuple(data.shape):
         raise ValueError(f"data is empty: shape {tuple(data.shape)}")
-    try:
-        target = tuple(int(v) for v in new_shape)
-    except TypeError as err:
-        raise TypeError(f"new_shape must be a sequence of ints, got {new_shape!r}") from err
-    if len(target) != spatial_ndim or any(t <= 0 for t in target) or any(t != v for t, v in zip(target, new_shape)):
-        raise ValueError(
-            f"new_shape must hold {spatial_ndim} positive integers for data of shape {tuple(data.shape)}, got {new_shape!r}"
-        )
+    target = _check_new_shape(new_shape, "data", tuple(data.shape))
     cur = _check_spacing("current_spacing", current_spacing, spatial_ndim)
     new = _check_spacing("new_spacing", new_spacing, spatial_ndim)
     allowed = _SEG_ORDERS if is_seg else _DATA_ORDERS
