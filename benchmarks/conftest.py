@@ -45,12 +45,13 @@ def _cpu_name() -> str:
 
 
 def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     parts = []
-    for mod in ("fastseg", "nnunetv2", "numpy", "scipy", "skimage", "cc3d", "torch"):
+    for dist in ("fastseg", "nnunetv2", "numpy", "scipy", "scikit-image", "connected-components-3d", "torch"):
         try:
-            m = __import__(mod)
-            parts.append(f"{mod} {getattr(m, '__version__', '?')}")
-        except ImportError:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
             pass
     return ", ".join(parts)
 
