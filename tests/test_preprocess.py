@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -371,3 +372,32 @@ def test_failing_or_dying_worker_names_the_case():
         list(run_jobs(os._exit, [Job("dies", (3,)), Job("dies-too", (3,))], 2, progress=False))
     with pytest.raises(ValueError, match="num_workers must be >= 1"):
         list(run_jobs(abs, [Job("a", (1,))], 0))
+
+
+def test_properties_json_is_json_dumps(rng):
+    from fastseg.preprocess.storage import _properties_json, _to_json
+
+    props = {
+        "spacing": [1.5, 0.75, 0.75],
+        "sitk_stuff": {"spacing": (0.75, 0.75, 1.5), "origin": (0.0, -1e-7, 3.0), "direction": tuple(np.eye(3).ravel())},
+        "bbox_used_for_cropping": [[0, 4], [1, 5], [2, 6]],
+        "class_locations": {
+            "1": rng.integers(0, 600, 4000),
+            "1,2": np.array([0, 70000, 3, 2**40]),  # beyond the digit table
+            "3": np.zeros(0, np.int64),  # an absent class
+            "-1,1,2": np.array([0, 0, 0, 0]),
+        },
+        "empty": {},
+    }
+    assert _properties_json(props) == json.dumps(props, default=_to_json)
+    props["class_locations"]["0"] = np.array([-1, 2])  # negative numbers too
+    assert _properties_json(props) == json.dumps(props, default=_to_json)
+    assert _properties_json({1: "int keys"}) == json.dumps({1: "int keys"})
+
+
+def test_fork_server_started_early_serves_run_jobs():
+    from fastseg.preprocess.scheduler import start_fork_server
+
+    started = start_fork_server(["fastseg.preprocess.scheduler"])
+    assert started == sys.platform.startswith("linux")
+    assert dict(run_jobs("math:sqrt", [Job("a", (4.0,)), Job("b", (9.0,))], 2)) == {"a": 2.0, "b": 3.0}

@@ -4,6 +4,7 @@ file, all problems land in one report, nothing is written, and the exit status i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -398,3 +399,88 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
     assert parsed["ok"] is False and len(parsed["errors"]) == 2
     assert _cli(["verify", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().out
+
+
+# --- the analyze hook (fastseg plan fingerprints while it verifies) -------------------------------------
+
+
+def _shape_and_labels(case):
+    """A module-level (picklable) hook: what the worker saw."""
+    return case.identifier, case.images.dtype.name, case.images.shape, case.seg.shape, case.num_training_cases
+
+
+def _fail_on_c1(case):
+    if case.identifier == "c1":
+        raise ZeroDivisionError("boom")
+    return case.identifier
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
+def test_analyze_hook_sees_verified_training_cases_as_read(tmp_path, workers):
+    from fastseg.io import read_images, read_seg
+    from fastseg.plan.fingerprint import (
+        analyze_case,
+        extract_fingerprint,
+        fingerprint_from_cases,
+        fingerprint_verified_case,
+        samples_per_case,
+    )
+
+    root = make_dataset(tmp_path / "ds", cases=("c0", "c1", "c2", "c3"))
+    write_nii(root / "labelsTr" / "c2.nii.gz", seg_with(9))  # fails verification: not analyzed
+    report = verify_dataset(root, num_processes=workers, progress=False, analyze=_shape_and_labels)
+    assert not report.ok
+    assert report.analyses == {c: (c, "float32", (2, *SHAPE), (1, *SHAPE), 4) for c in ("c0", "c1", "c3")}
+    assert "t0" not in report.analyses  # test cases have no label: never analyzed
+    assert verify_dataset(root, num_processes=1, progress=False).analyses == {}
+
+    # The fingerprint hook gives what extract_fingerprint computes from the files.
+    write_nii(root / "labelsTr" / "c2.nii.gz", seg_with(2))
+    hook = functools.partial(fingerprint_verified_case, total_samples=2e4)
+    report = verify_dataset(root, num_processes=workers, progress=False, analyze=hook)
+    assert report.ok and sorted(report.analyses) == ["c0", "c1", "c2", "c3"]
+    data, props = read_images(sorted((root / "imagesTr").glob("c1_*.nii.gz")))
+    expected = analyze_case(data, read_seg(root / "labelsTr" / "c1.nii.gz")[0], props["spacing"], samples_per_case(4, 2e4))
+    got = report.analyses["c1"]
+    assert got.shape_after_crop == expected.shape_after_crop and got.spacing == expected.spacing
+    for a, b in zip(got.samples, expected.samples):
+        np.testing.assert_array_equal(a, b)
+    from fastseg.io import load_raw_dataset
+
+    dataset = load_raw_dataset(root)
+    expected_fingerprint = extract_fingerprint(dataset, 1, total_samples=2e4, progress=False)
+    assert json.dumps(fingerprint_from_cases(dataset, report.analyses)) == json.dumps(expected_fingerprint)
+    assert fingerprint_from_cases(dataset, {k: v for k, v in report.analyses.items() if k != "c0"}) is None
+
+
+def test_analyze_hook_errors_name_the_case(tmp_path):
+    from fastseg.io.verify import CaseAnalysisError
+
+    root = make_dataset(tmp_path / "ds")
+    with pytest.raises(CaseAnalysisError, match=r"case 'c1': ZeroDivisionError: boom") as info:
+        verify_dataset(root, num_processes=2, progress=False, analyze=_fail_on_c1)
+    assert info.value.case == "c1"
+
+
+def test_plan_fails_before_writing_when_verification_fails(tmp_path):
+    from fastseg.plan.workflow import plan_dataset
+
+    root = make_dataset(tmp_path / "ds")
+    write_nii(root / "labelsTr" / "c1.nii.gz", seg_with(7))
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="dataset verification failed"):
+        plan_dataset(root, work, num_processes=2, progress=False)
+    assert not work.exists() or not any(work.iterdir())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0], [0, 1, 2], [0, 3], [-1, 0, 5], list(range(0, 40, 3)), [0, 70000]],
+    ids=["background-only", "consecutive", "gap", "negative", "wide-range", "huge-range"],
+)
+def test_label_values_match_unique(values):
+    from fastseg.io.verify import _label_values
+
+    seg = np.resize(np.array(values, np.int32), (3, 5, 7))[None]
+    np.testing.assert_array_equal(_label_values(seg), np.unique(seg))
+    np.testing.assert_array_equal(_label_values(np.zeros((1, 0, 2, 2), np.int16)), np.zeros(0))

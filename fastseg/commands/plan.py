@@ -29,8 +29,16 @@ def reports_errors(run):
     return wrapper
 
 
+#: What the workers of `plan` (verification with fingerprinting, `fastseg.plan.workflow`) import.
+WORKER_MODULES = ("fastseg.io.verify", "fastseg.io.sitk_format", "fastseg.plan.fingerprint")
+
+
 @reports_errors
 def run(args: argparse.Namespace) -> int:
+    from fastseg.preprocess.scheduler import default_num_workers, start_fork_server
+
+    if (args.num_processes or default_num_workers()) > 1:
+        start_fork_server(WORKER_MODULES)  # starts while the planner is imported
     from fastseg.plan.planner import PlannerOptions
     from fastseg.plan.plans import format_summary
     from fastseg.plan.workflow import plan_dataset

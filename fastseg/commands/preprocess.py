@@ -10,6 +10,11 @@ from fastseg.commands.plan import positive_int, reports_errors
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
+    from fastseg.preprocess.scheduler import default_num_workers, start_fork_server
+
+    if (args.num_processes or default_num_workers()) > 1:
+        # fastseg.preprocess.runner's workers; the server starts while the runner is imported.
+        start_fork_server(("fastseg.preprocess.worker", "fastseg.io"))
     from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
 
     options = PreprocessOptions(

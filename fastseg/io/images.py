@@ -71,12 +71,18 @@ def read_images(paths: Sequence[PathLike]) -> tuple[np.ndarray, dict]:
                 logger.warning("%s", issue.message)
     if errors:
         raise ImageFileError("channels of one case must share a grid: " + "; ".join(errors))
+    return stack_channels(arrays), copy.deepcopy(props[0])
+
+
+def stack_channels(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The (c, z, y, x) arrays of a case's channel files (same spatial shape) as one float32
+    (C, z, y, x) array, channels in file order: what `read_images` returns."""
     out = np.empty((sum(a.shape[0] for a in arrays), *arrays[0].shape[1:]), dtype=np.float32)
     c = 0
     for a in arrays:
         out[c : c + a.shape[0]] = a
         c += a.shape[0]
-    return out, copy.deepcopy(props[0])
+    return out
 
 
 def read_seg(path: PathLike) -> tuple[np.ndarray, dict]:

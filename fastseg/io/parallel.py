@@ -1,14 +1,17 @@
 """Mapping a function over work items in worker processes, with a progress bar.
 
-Workers are started with "spawn" (as nnU-Net does): forking a process that holds SimpleITK's or
-torch's thread pools can deadlock. Spawning costs about a second per worker, so one worker or one item
-runs in this process instead. As with any spawning code, a script that calls this at import time
-must guard its entry point with `if __name__ == "__main__":`.
+Workers never fork this process: forking a process that holds SimpleITK's or torch's thread pools
+can deadlock. On Linux they are forked from a fork server (a fresh interpreter that imports the
+function's module once, and never reads an image); elsewhere they are spawned (as nnU-Net does).
+Starting workers costs a few tenths of a second, so one worker or one item runs in this process
+instead. As with any spawning code, a script that calls this at import time must guard its entry
+point with `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -42,7 +45,12 @@ def parallel_map(
     bar = dict(total=len(items), desc=desc, unit=unit, disable=None if progress is None else not progress)
     if num_processes == 1 or len(items) <= 1:
         return [fn(item) for item in tqdm(items, **bar)]
-    ctx = multiprocessing.get_context("spawn")
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        # Used when the server starts now; a running one (fastseg.preprocess.scheduler) is reused.
+        ctx.set_forkserver_preload([fn.__module__])
+    else:
+        ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(num_processes, len(items)), mp_context=ctx) as pool:
         results: Iterable[R] = pool.map(fn, items)
         return list(tqdm(results, **bar))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
@@ -42,12 +42,16 @@ class VerificationReport:
         num_test: test cases found (imagesTs).
         problems: errors and warnings, in the order found (dataset.json first, then files, then cases
             sorted by identifier).
+        analyses: with `verify_dataset(..., analyze=fn)`, `fn`'s result per training case that
+            passed its content checks (identifier -> result); empty otherwise. Not part of
+            `format` / `to_dict`.
     """
 
     root: Path
     num_training: int = 0
     num_test: int = 0
     problems: list[Problem] = field(default_factory=list)
+    analyses: dict[str, Any] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:

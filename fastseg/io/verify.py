@@ -11,15 +11,22 @@ One report lists every problem with its file, never a traceback:
   (for regions: values outside the union of the region members), labels holding only background.
 
 Nothing is written. Test cases (imagesTs) get the same checks except the label ones.
+
+`analyze` hook: a caller that needs every training case's content anyway (`fastseg plan`'s
+fingerprint) passes a function that runs in the verification workers on each training case that
+passed its content checks -- the arrays verification has just read, as `read_images` / `read_seg`
+return them -- so the files are read and decompressed once for both. Its results come back in
+`VerificationReport.analyses`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +35,7 @@ from fastseg.io.dtypes import to_label_array
 from fastseg.io.errors import ImageFileError
 from fastseg.io.formats import format_of
 from fastseg.io.geometry import compare_geometry
+from fastseg.io.images import stack_channels
 from fastseg.io.integrity import nifti_nonfinite_voxels
 from fastseg.io.parallel import parallel_map
 from fastseg.io.report import Problem, VerificationReport
@@ -38,6 +46,35 @@ _MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
+class VerifiedCase:
+    """A training case that passed every content check, handed to `verify_dataset`'s `analyze` hook.
+
+    Attributes:
+        identifier: the case identifier.
+        images: float32 (C, z, y, x), channels in file order (what `read_images` returns).
+        properties: the first channel file's properties ('spacing' (z, y, x), reader geometry).
+        seg: (1, z, y, x) integer labels (what `read_seg` returns).
+        num_training_cases: training cases in the dataset (all of them, not only verified ones).
+    """
+
+    identifier: str
+    images: np.ndarray
+    properties: dict
+    seg: np.ndarray
+    num_training_cases: int
+
+
+class CaseAnalysisError(RuntimeError):
+    """`verify_dataset`'s `analyze` hook raised on a case; `case` names it, the message carries the
+    original exception's type and text (the worker's traceback is logged at debug level)."""
+
+    def __init__(self, case: str, message: str) -> None:
+        super().__init__(f"case {case!r}: {message}")
+        self.case = case
+        self.message = message
+
+
+@dataclass(frozen=True)
 class _CaseJob:
     identifier: str
     root: str
@@ -45,12 +82,18 @@ class _CaseJob:
     label: str | None
     expected_channels: int | None
     expected_labels: tuple[int, ...] | None
+    analyze: Callable[[VerifiedCase], Any] | None = None
+    num_training_cases: int = 0
 
 
 @dataclass
 class _CaseResult:
     problems: list[Problem] = field(default_factory=list)
     labels_found: tuple[int, ...] = ()
+    analyzed: bool = False
+    analysis: Any = None
+    analysis_error: str | None = None  # "Type: message" of an exception the hook raised
+    analysis_traceback: str | None = None
 
 
 def _rel(root: str, path: str) -> str:
@@ -80,11 +123,19 @@ def _read(path: str, role: str, root: str, out: list[Problem]):
     return None
 
 
+_COMPARE_RANGE = 32  # value ranges up to this are scanned value by value (no index array)
+
+
 def _label_values(seg: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; a bincount when the range is small (linear time, no sort)."""
+    """Sorted distinct values: one comparison per value of a narrow range (the usual few labels), a
+    bincount when the range is small (linear time, no sort), else np.unique."""
     if seg.size == 0:
         return np.zeros(0, dtype=np.int64)
     lo, hi = int(seg.min()), int(seg.max())
+    if hi - lo < _COMPARE_RANGE:
+        # The extremes are present; only the values between them need a scan.
+        inner = [v for v in range(lo + 1, hi) if (seg == v).any()]
+        return np.array(sorted({lo, hi, *inner}), dtype=np.int64)
     if hi - lo < 1 << 16:
         counts = np.bincount((seg.ravel() - lo).astype(np.intp, copy=False), minlength=hi - lo + 1)
         return np.flatnonzero(counts) + lo
@@ -113,8 +164,11 @@ def _nonfinite_problem(path: str, array: np.ndarray, rel: str) -> Problem | None
     )
 
 
-def _check_images(job: _CaseJob, out: list[Problem]) -> list[tuple[str, tuple[int, ...], dict]]:
-    """Reads every channel file; returns (file, shape (c, z, y, x), properties) of those that read."""
+def _check_images(
+    job: _CaseJob, out: list[Problem], arrays: list[np.ndarray] | None = None
+) -> list[tuple[str, tuple[int, ...], dict]]:
+    """Reads every channel file; returns (file, shape (c, z, y, x), properties) of those that read.
+    With `arrays`, the arrays read are appended to it (else one channel is held at a time)."""
     images = []
     for path in job.images:
         got = _read(path, "image", job.root, out)
@@ -126,7 +180,9 @@ def _check_images(job: _CaseJob, out: list[Problem]) -> list[tuple[str, tuple[in
         if problem:
             out.append(problem)
         images.append((rel, array.shape, props))
-        del array  # keep one case's channel in memory at a time
+        if arrays is not None:
+            arrays.append(array)
+        del array  # without `arrays`, keep one case's channel in memory at a time
     for rel, shape, props in images[1:]:
         ref_rel, ref_shape, ref_props = images[0]
         for issue in compare_geometry(ref_rel, ref_shape[1:], ref_props, rel, shape[1:], props):
@@ -144,8 +200,9 @@ def _check_images(job: _CaseJob, out: list[Problem]) -> list[tuple[str, tuple[in
     return images
 
 
-def _check_label(job: _CaseJob, images: list, out: list[Problem]) -> tuple[int, ...]:
-    """Reads the label; returns the label values it holds (empty when it cannot be read)."""
+def _check_label(job: _CaseJob, images: list, out: list[Problem], keep: list | None = None) -> tuple[int, ...]:
+    """Reads the label; returns the label values it holds (empty when it cannot be read). With
+    `keep`, the label array (as `read_seg` returns it) is appended to it."""
     got = _read(job.label, "seg", job.root, out)
     if got is None:
         return ()
@@ -166,6 +223,8 @@ def _check_label(job: _CaseJob, images: list, out: list[Problem]) -> tuple[int, 
     except ImageFileError as e:
         out.append(Problem(_strip_path(str(e), rel), rel))
         return ()
+    if keep is not None:
+        keep.append(seg)
     found = tuple(int(v) for v in _label_values(seg))
     if job.expected_labels is not None:
         unexpected = [v for v in found if v not in job.expected_labels]
@@ -188,11 +247,27 @@ def _check_label(job: _CaseJob, images: list, out: list[Problem]) -> tuple[int, 
 
 
 def _check_case(job: _CaseJob) -> _CaseResult:
-    """Every content check of one case (runs in a worker process)."""
+    """Every content check of one case, then the `analyze` hook if the case passed (runs in a worker
+    process)."""
     res = _CaseResult()
-    images = _check_images(job, res.problems)
+    analyze = job.analyze if job.label is not None else None
+    arrays: list[np.ndarray] | None = [] if analyze is not None else None
+    labels: list[np.ndarray] | None = [] if analyze is not None else None
+    images = _check_images(job, res.problems, arrays)
     if job.label is not None:
-        res.labels_found = _check_label(job, images, res.problems)
+        res.labels_found = _check_label(job, images, res.problems, labels)
+    if analyze is None or any(p.severity == "error" for p in res.problems) or not labels or len(arrays) != len(job.images):
+        return res
+    case = VerifiedCase(job.identifier, stack_channels(arrays), images[0][2], labels[0], job.num_training_cases)
+    del arrays[:]  # the float32 stack replaces the channels as read
+    res.analyzed = True
+    try:
+        res.analysis = analyze(case)
+    except Exception as e:  # noqa: BLE001 -- re-raised in the parent, naming the case
+        import traceback
+
+        res.analysis_error = f"{type(e).__name__}: {e}"
+        res.analysis_traceback = traceback.format_exc()
     return res
 
 
@@ -203,6 +278,7 @@ def verify_dataset(
     env: Mapping[str, str] | None = None,
     check_test_cases: bool = True,
     progress: bool | None = None,
+    analyze: Callable[[VerifiedCase], Any] | None = None,
 ) -> VerificationReport:
     """Checks a raw dataset in nnU-Net v2 layout and reports every problem.
 
@@ -214,6 +290,10 @@ def verify_dataset(
             expands nothing.
         check_test_cases: also read imagesTs (default True).
         progress: show a progress bar; None (default) shows it only on a terminal.
+        analyze: None (default), or a picklable module-level function run in the worker on every
+            training case that passed its content checks (`VerifiedCase`: the arrays as read);
+            its results land in `report.analyses` (identifier -> result). The case's image is held
+            as float32 while it runs (the checks alone hold one channel file at a time).
 
     Returns:
         The `VerificationReport`; `report.ok` is False when there is any error. Nothing is raised for
@@ -221,6 +301,7 @@ def verify_dataset(
 
     Raises:
         ValueError: `num_processes` below 1.
+        CaseAnalysisError: `analyze` raised on a case (the first such case in identifier order).
     """
     if num_processes is None:
         num_processes = os.cpu_count() or 1
@@ -246,6 +327,8 @@ def verify_dataset(
             str(case.label) if with_label and case.label is not None else None,
             dataset.num_channels if complete else None,
             expected_labels,
+            analyze if with_label and complete else None,
+            len(dataset.cases),
         )
 
     jobs = [job(c, True) for c in dataset.cases.values()]
@@ -253,9 +336,14 @@ def verify_dataset(
         jobs += [job(c, False) for c in dataset.test_cases.values()]
     results = parallel_map(_check_case, jobs, num_processes, desc="verifying cases", progress=progress)
     found: set[int] = set()
-    for r in results:
+    for j, r in zip(jobs, results):
         report.problems.extend(r.problems)
         found.update(r.labels_found)
+        if r.analysis_error is not None:
+            logger.debug("analysis of case %s failed in the worker:\n%s", j.identifier, r.analysis_traceback)
+            raise CaseAnalysisError(j.identifier, r.analysis_error)
+        if r.analyzed:
+            report.analyses[j.identifier] = r.analysis
     if (
         spec is not None
         and dataset.cases

@@ -12,6 +12,11 @@ channel order -- and a case without foreground contributes nothing. Over all sam
 mean, std, min, max, median and the 0.5 / 99.5 percentiles (`fastseg.plan.intensity`, which keeps
 integer-valued samples as counts instead of 10^8 floats).
 
+`fastseg plan` does the per-case part inside dataset verification instead, on the arrays the
+verification workers have just read (`fingerprint_verified_case`, the `analyze` hook of
+`fastseg.io.verify_dataset`; `fingerprint_from_cases` merges the results), so each file is read and
+decompressed once; `extract_fingerprint` reads the files itself.
+
 `dataset_fingerprint.json` has nnU-Net's keys: spacings, shapes_after_crop (z, y, x per case, in
 nnU-Net's case order), foreground_intensity_properties_per_channel ("0", "1", ...) and
 median_relative_size_after_cropping.
@@ -156,9 +161,49 @@ def _analyze_files(images: list[str], label: str, num_samples: int) -> CaseFinge
     return analyze_case(np.asarray(data, dtype=np.float32), np.asarray(seg), props["spacing"], num_samples)
 
 
+def fingerprint_verified_case(case: Any, total_samples: float = TOTAL_FOREGROUND_SAMPLES) -> CaseFingerprint:
+    """`fastseg.io.verify_dataset`'s `analyze` hook: the fingerprint of a case verification has just
+    read (a `fastseg.io.verify.VerifiedCase`) -- what `extract_fingerprint(..., total_samples)`
+    computes for it from the files. Bind another `total_samples` with `functools.partial`."""
+    num_samples = samples_per_case(case.num_training_cases, total_samples)
+    return analyze_case(case.images, case.seg, case.properties["spacing"], num_samples)
+
+
 def _case_memory(images: Sequence[Path], channels: int) -> int:
     """Peak bytes of analysing a case: the float32 image, the label and its masks."""
     return 4 * image_voxels(images[0]) * (channels + 3)
+
+
+def _num_channels(dataset_json: Mapping[str, Any]) -> int:
+    return len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+
+
+def fingerprint_from_cases(dataset: Any, cases: Mapping[str, CaseFingerprint]) -> dict | None:
+    """The dataset fingerprint from per-case fingerprints computed elsewhere (by
+    `fingerprint_verified_case` during verification), or None when they do not cover exactly the
+    dataset's training cases (then `extract_fingerprint` has to read the files).
+
+    Args:
+        dataset: a `fastseg.io.RawDataset`.
+        cases: identifier -> CaseFingerprint, each made with `samples_per_case(len(dataset.cases))`.
+    """
+    order = case_order(dataset.dataset_json, list(dataset.cases))
+    if len(order) != len(dataset.cases) or set(order) != set(cases):
+        return None
+    return aggregate([cases[k] for k in order], _num_channels(dataset.dataset_json))
+
+
+def workers_within_memory(dataset: Any, num_processes: int, memory_budget: int | None = None) -> int:
+    """How many of `num_processes` workers may fingerprint cases at once without the largest cases
+    together exceeding `memory_budget` (default: 75 % of the available memory); at least 1."""
+    from fastseg.preprocess.scheduler import available_memory
+
+    channels = _num_channels(dataset.dataset_json)
+    peak = max((_case_memory(c.images, channels) for c in dataset.cases.values() if c.images), default=0)
+    budget = memory_budget if memory_budget is not None else int(available_memory() * 0.75)
+    if peak <= 0:
+        return num_processes
+    return max(1, min(num_processes, budget // peak))
 
 
 def extract_fingerprint(
@@ -186,7 +231,7 @@ def extract_fingerprint(
 
         dataset = fio.load_raw_dataset(Path(dataset))
     dataset_json = dataset.dataset_json
-    channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    channels = _num_channels(dataset_json)
     order = case_order(dataset_json, list(dataset.cases))
     unlabeled = [k for k in order if dataset.cases[k].label is None]
     if unlabeled:

@@ -1,5 +1,9 @@
 """`fastseg plan` as a function: verify -> fingerprint -> plan, written into a work folder.
 
+Verification and the per-case fingerprint share one pass over the files (the verification workers
+fingerprint each case that passes its checks); no file is written unless the whole dataset passes.
+Without verification, the fingerprint reads the files itself.
+
 Writes `<work>/dataset.json` (a byte copy of the raw one), `<work>/dataset_fingerprint.json`,
 `<work>/plans.json` (nnU-Net's file names and formats; `nnUNetv2_preprocess` and the nnU-Net
 trainers read them), and `<work>/source.json`, which records the raw dataset folder for
@@ -19,7 +23,14 @@ from typing import Any
 
 import fastseg
 from fastseg.plan import workdir
-from fastseg.plan.fingerprint import case_order, extract_fingerprint, save_fingerprint
+from fastseg.plan.fingerprint import (
+    case_order,
+    extract_fingerprint,
+    fingerprint_from_cases,
+    fingerprint_verified_case,
+    save_fingerprint,
+    workers_within_memory,
+)
 from fastseg.plan.planner import PlannerOptions, plan_experiment
 from fastseg.preprocess.storage import write_json_atomic
 
@@ -34,7 +45,9 @@ class PlanResult:
         plans: the plans dict (as written to plans.json).
         fingerprint: the dataset fingerprint.
         work_dir: the work folder.
-        seconds: wall time per stage ("verify", "fingerprint", "plan").
+        seconds: wall time per stage ("verify", "fingerprint", "plan"). With verification, the
+            cases are fingerprinted while they are verified (one read of each file): "verify" holds
+            that pass and "fingerprint" only the merge of the per-case results.
     """
 
     plans: dict
@@ -43,15 +56,28 @@ class PlanResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def verify(raw_dataset_dir: Path, num_processes: int, progress: bool | None = None, env: Mapping[str, str] | None = None) -> Any:
-    """Runs `fastseg.io.verify_dataset` and raises when it reports problems.
+def verify(
+    raw_dataset_dir: Path,
+    num_processes: int,
+    progress: bool | None = None,
+    env: Mapping[str, str] | None = None,
+    analyze: Any = None,
+) -> Any:
+    """Runs `fastseg.io.verify_dataset` (with its `analyze` hook, if given) and raises when it
+    reports problems.
 
     Raises:
         ValueError: the dataset has errors (the report's text is the message).
+        fastseg.preprocess.scheduler.CaseError: `analyze` failed on a case.
     """
     from fastseg import io as fio
+    from fastseg.io.verify import CaseAnalysisError
+    from fastseg.preprocess.scheduler import CaseError
 
-    report = fio.verify_dataset(raw_dataset_dir, num_processes, env=env, progress=progress)
+    try:
+        report = fio.verify_dataset(raw_dataset_dir, num_processes, env=env, progress=progress, analyze=analyze)
+    except CaseAnalysisError as err:
+        raise CaseError(err.case, err.message) from err
     if not report.ok:
         raise ValueError(
             f"dataset verification failed; fix these problems and rerun (`fastseg verify {raw_dataset_dir}` "
@@ -99,14 +125,21 @@ def plan_dataset(
     workers = num_processes or default_num_workers()
     seconds: dict[str, float] = {}
 
+    fingerprint = None
     if run_verification:
+        # One pass over the files: the verification workers also fingerprint each case they read.
         t = time.perf_counter()
-        verify(raw, workers, progress, env)
+        scanned, _ = fio.scan_raw_dataset(raw, env=env)
+        pass_workers = workers_within_memory(scanned, workers) if scanned is not None else workers
+        report = verify(raw, pass_workers, progress, env, analyze=fingerprint_verified_case)
         seconds["verify"] = time.perf_counter() - t
 
     t = time.perf_counter()
     dataset = fio.load_raw_dataset(raw, env=env)
-    fingerprint = extract_fingerprint(dataset, workers, progress=progress)
+    if run_verification:
+        fingerprint = fingerprint_from_cases(dataset, report.analyses)
+    if fingerprint is None:
+        fingerprint = extract_fingerprint(dataset, workers, progress=progress)
     save_fingerprint(fingerprint, work / workdir.FINGERPRINT)
     seconds["fingerprint"] = time.perf_counter() - t
 

@@ -60,6 +60,40 @@ def write_json_atomic(obj: Any, path: str | os.PathLike, *, sort_keys: bool = Fa
     return path
 
 
+_DIGITS: list[str] = []  # _DIGITS[i] == str(i), grown on demand
+_TABLE_LIMIT = 1 << 16  # larger numbers are formatted one by one
+
+
+def _int_list_json(values: np.ndarray) -> str:
+    """`json.dumps(values.tolist())` of a 1-D integer array. Class locations hold ~10^5 small
+    non-negative coordinates per case; looking their text up in a table is about 3x faster than
+    formatting each int."""
+    items = values.tolist()
+    if not items:
+        return "[]"
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= _TABLE_LIMIT:
+        return "[" + ", ".join(map(str, items)) + "]"
+    if len(_DIGITS) <= hi:
+        _DIGITS.extend(str(i) for i in range(len(_DIGITS), hi + 1))
+    return "[" + ", ".join(map(_DIGITS.__getitem__, items)) + "]"
+
+
+def _properties_json(props: Mapping[str, Any]) -> str:
+    """`json.dumps(props, default=_to_json)` (indent None, the same bytes), with the class locations
+    (a dict of 1-D int64 arrays) written by `_int_list_json`."""
+    if not all(isinstance(k, str) for k in props):
+        return json.dumps(props, default=_to_json)
+    parts = []
+    for key, value in props.items():
+        if key == "class_locations" and all(isinstance(k, str) for k in value):
+            text = "{" + ", ".join(f"{json.dumps(k)}: {_int_list_json(v)}" for k, v in value.items()) + "}"
+        else:
+            text = json.dumps(value, default=_to_json)
+        parts.append(f"{json.dumps(key)}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
 def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "xb") as f:
         np.save(f, np.ascontiguousarray(array))
@@ -104,10 +138,12 @@ def save_case(
         props["class_locations"] = {
             encode_location_key(k): np.asarray(v, dtype=np.int64).ravel() for k, v in props["class_locations"].items()
         }
+    text = _properties_json(props)
     json_path.unlink(missing_ok=True)  # an old case is incomplete from here on
     _save_npy_atomic(data, data_path)
     _save_npy_atomic(seg, seg_path)
-    write_json_atomic(props, json_path, indent=None)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(text)
 
 
 def is_complete(folder: str | os.PathLike, identifier: str, preprocessing_hash: str | None = None) -> bool:

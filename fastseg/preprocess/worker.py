@@ -1,13 +1,19 @@
 """One case from raw files to preprocessed files: what a `fastseg preprocess` worker process runs.
 
-Imports the kernels (`fastseg.preprocess.case`) at module level, so that the scheduler's fork server
-loads them once for all workers.
+Imports the kernels (`fastseg.preprocess.case`), the SimpleITK reader (which `fastseg.io` loads
+lazily, at the first read) and numpy's random module (class-location sampling) at module level, so
+that the scheduler's fork server loads them once for all workers instead of each worker at its first
+case. (Importing SimpleITK starts no threads; what makes forking unsafe is a process that has used
+it, and the fork server never reads an image.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy.random  # noqa: F401 -- preloaded for the workers, see above
+
+import fastseg.io.sitk_format  # noqa: F401 -- preloaded for the workers, see above
 from fastseg import io as fio
 from fastseg.preprocess.case import preprocess_case_multi
 from fastseg.preprocess.caseplan import CasePlan
