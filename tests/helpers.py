@@ -40,3 +40,18 @@ def smooth_labels(rng: np.random.Generator, shape: tuple, n_labels: int, blobs: 
         inside = sum((g - c) ** 2 for g, c in zip(grids, centre)) < radius**2
         seg[inside] = rng.integers(1, n_labels)
     return seg
+
+
+# --- analyze hooks of fastseg.io.verify_dataset: worker processes import them by module name, so they
+# live here (tests/ is on sys.path), not in a test module.
+
+
+def hook_shape_and_labels(case):
+    """What the worker saw of a verified case."""
+    return case.identifier, case.images.dtype.name, case.images.shape, case.seg.shape, case.num_training_cases
+
+
+def hook_fail_on_c1(case):
+    if case.identifier == "c1":
+        raise ZeroDivisionError("boom")
+    return case.identifier

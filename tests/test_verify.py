@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers import hook_fail_on_c1, hook_shape_and_labels
 from fastseg.commands import verify as verify_command
 from fastseg.io import verify_dataset
 
@@ -404,17 +405,6 @@ def test_cli_exit_codes_and_report(tmp_path, capsys):
 # --- the analyze hook (fastseg plan fingerprints while it verifies) -------------------------------------
 
 
-def _shape_and_labels(case):
-    """A module-level (picklable) hook: what the worker saw."""
-    return case.identifier, case.images.dtype.name, case.images.shape, case.seg.shape, case.num_training_cases
-
-
-def _fail_on_c1(case):
-    if case.identifier == "c1":
-        raise ZeroDivisionError("boom")
-    return case.identifier
-
-
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
 def test_analyze_hook_sees_verified_training_cases_as_read(tmp_path, workers):
     from fastseg.io import read_images, read_seg
@@ -428,7 +418,7 @@ def test_analyze_hook_sees_verified_training_cases_as_read(tmp_path, workers):
 
     root = make_dataset(tmp_path / "ds", cases=("c0", "c1", "c2", "c3"))
     write_nii(root / "labelsTr" / "c2.nii.gz", seg_with(9))  # fails verification: not analyzed
-    report = verify_dataset(root, num_processes=workers, progress=False, analyze=_shape_and_labels)
+    report = verify_dataset(root, num_processes=workers, progress=False, analyze=hook_shape_and_labels)
     assert not report.ok
     assert report.analyses == {c: (c, "float32", (2, *SHAPE), (1, *SHAPE), 4) for c in ("c0", "c1", "c3")}
     assert "t0" not in report.analyses  # test cases have no label: never analyzed
@@ -458,7 +448,7 @@ def test_analyze_hook_errors_name_the_case(tmp_path):
 
     root = make_dataset(tmp_path / "ds")
     with pytest.raises(CaseAnalysisError, match=r"case 'c1': ZeroDivisionError: boom") as info:
-        verify_dataset(root, num_processes=2, progress=False, analyze=_fail_on_c1)
+        verify_dataset(root, num_processes=2, progress=False, analyze=hook_fail_on_c1)
     assert info.value.case == "c1"
 
 
