@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
+def positive_gb(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--gpu-memory-gb",
-        type=_positive_float,
+        type=positive_gb,
         default=None,
         metavar="G",
         help="GPU memory target in GB (default: the planner's own, 8 for classic and resenc-m, 24 for resenc-l, 40 for resenc-xl)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.plan import positive_gb, positive_int, reports_errors
 
 
 @reports_errors
@@ -29,16 +29,6 @@ def run(args: argparse.Namespace) -> int:
             f"-> {report.folder}"
         )
     return 0
-
-
-def _positive_gb(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of GB, got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-j", "--num-processes", type=positive_int, default=None, metavar="N", help="worker processes (default: all cores)")
     p.add_argument(
         "--memory-budget-gb",
-        type=_positive_gb,
+        type=positive_gb,
         default=None,
         metavar="G",
         help="memory the cases in flight may use together (default: 75%% of the available memory)",
