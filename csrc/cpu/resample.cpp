@@ -235,6 +235,7 @@ void resample_seg(const L* in, L* out, const int64_t* in_shape, const int64_t* o
   const bool zero_is_label = contains_zero(in, C * D * H * W);
   AxisTaps nearest[3];
   for (int a = 0; a < 3; ++a) nearest[a] = make_taps(0, in_shape[a + 1], out_shape[a + 1]);
+  // Orders 0 and 1 give at most 2 taps per axis: at most 4 corner rows and 8 corners.
   const int td = taps[0].taps, th = taps[1].taps, tw = taps[2].taps;
   const SegVote mode = strict ? SegVote::kThresholdStrict : SegVote::kArgmaxNearest;
   // Raw views of the x-axis tables: the inner loop writes labels, which may be of a char type.
@@ -292,11 +293,11 @@ void resample_seg(const L* in, L* out, const int64_t* in_shape, const int64_t* o
               continue;
             }
             int n = 0;
-            for (int r = 0; r < n_rows; ++r)
-              for (int e = 0; e < tw; ++e) corner[n++] = rows[r][idx_w[e]];
+            for (int r = 0; r < n_rows && r < 4; ++r)
+              for (int e = 0; e < tw && e < 2; ++e) corner[n++] = rows[r][idx_w[e]];
             n = 0;
-            for (int r = 0; r < n_rows; ++r)
-              for (int e = 0; e < tw; ++e) weight[n++] = row_w[r] * w_w[e];
+            for (int r = 0; r < n_rows && r < 4; ++r)
+              for (int e = 0; e < tw && e < 2; ++e) weight[n++] = row_w[r] * w_w[e];
             drow[w] = seg_vote(corner, weight, n, near_row[x_near[w * kMaxTaps]], mode, zero_is_label);
           }
         }
