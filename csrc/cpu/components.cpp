@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -42,6 +41,15 @@
 #endif
 
 #include "fastseg/components.h"
+#include "scratch.h"
+#ifdef FASTSEG_CC_TIMING
+#include <chrono>
+#include <cstdio>
+struct PhaseTimer { std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now(); void lap(const char* n) { auto u = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.2f ", n, std::chrono::duration<double, std::milli>(u - t).count()); t = u; } ~PhaseTimer() { std::fprintf(stderr, "\n"); } };
+#define LAP(n) pt.lap(n)
+#else
+#define LAP(n)
+#endif
 
 namespace fastseg::cpu {
 
@@ -159,10 +167,10 @@ struct Runs {
   Grid g{};
   int64_t rows = 0;
   std::vector<int64_t> offset;           // [rows + 1] index of the first run of each row
-  std::unique_ptr<int32_t[]> start;      // [R] first x of the run
-  std::unique_ptr<int32_t[]> stop;       // [R] one past its last x
-  std::unique_ptr<K[]> key;              // [R] key of the run (multi-valued keys only)
-  std::unique_ptr<cc_index_t[]> parent;  // [R] union-find parent; after flatten(): the label 1..n
+  Scratch<int32_t> start;      // [R] first x of the run
+  Scratch<int32_t> stop;       // [R] one past its last x
+  Scratch<K> key;              // [R] key of the run (multi-valued keys only)
+  Scratch<cc_index_t> parent;  // [R] union-find parent; after flatten(): the label 1..n
   int64_t total = 0;                     // R
   int64_t n = 0;                         // components, after flatten()
 };
@@ -233,7 +241,7 @@ void link_rows(cc_index_t* parent, const int32_t* start, const int32_t* stop, co
     // Runs that end before run j can reach them end before every later run of the row too.
     while (k < ke && stop[k] + reach <= s) ++k;
     for (int64_t i = k; i < ke && start[i] < e; ++i)
-      if (kBinary || key[i] == key[j]) merge<true>(parent, static_cast<cc_index_t>(j), static_cast<cc_index_t>(i), SerialLink{});
+      if (kBinary || key[i] == key[j]) unite_splicing(parent, static_cast<cc_index_t>(j), static_cast<cc_index_t>(i));
   }
 }
 
@@ -274,10 +282,10 @@ void label_runs(const T* in, Grid g, int connectivity, const Key& key, Runs<type
   for (int64_t r = 0; r < rows; ++r) t.offset[r + 1] += t.offset[r];
   t.total = t.offset[rows];
   // One entry of padding: extract_row writes one past a row's runs (see the scan below).
-  t.start.reset(new int32_t[t.total + 1]);
-  t.stop.reset(new int32_t[t.total + 1]);
-  t.parent.reset(new cc_index_t[t.total]);
-  if (!Key::kBinary) t.key.reset(new K[t.total + 1]);
+  t.start.reset(t.total + 1);
+  t.stop.reset(t.total + 1);
+  t.parent.reset(t.total);
+  if (!Key::kBinary) t.key.reset(t.total + 1);
 
   // 2. Scan, slab by slab.
 #pragma omp parallel num_threads(threads)
@@ -453,20 +461,23 @@ constexpr int64_t kPad = 2;
 
 struct BitRows {
   int64_t rows = 0, words = 0;
-  std::vector<uint64_t> bits;  // [rows + 1, words + kPad]
-  const uint64_t* row(int64_t r) const { return bits.data() + r * (words + kPad); }
+  Scratch<uint64_t> bits;  // [rows + 1, words + kPad]
+  const uint64_t* row(int64_t r) const { return bits.get() + r * (words + kPad); }
 };
 
 template <typename Key, typename T>
 void pack_rows(const T* in, Grid g, const Key& key, BitRows& b) {
   b.rows = g.D * g.H;
   b.words = (g.W + kWord - 1) / kWord;
-  b.bits.assign((b.rows + 1) * (b.words + kPad), 0);
+  const int64_t stride = b.words + kPad;
+  b.bits.reset((b.rows + 1) * stride);
+  std::fill(b.bits.get() + b.rows * stride, b.bits.get() + (b.rows + 1) * stride, uint64_t{0});
   const int64_t W = g.W;
 #pragma omp parallel for schedule(dynamic, kRowChunk)
   for (int64_t r = 0; r < b.rows; ++r) {
     const T* v = in + r * W;
-    uint64_t* out = b.bits.data() + r * (b.words + kPad);
+    uint64_t* out = b.bits.get() + r * stride;
+    std::fill(out + b.words, out + stride, uint64_t{0});
     int64_t w = 0;
 #if defined(__SSE2__)
     if constexpr (std::is_same_v<Key, NonzeroKey<uint8_t>>) {
@@ -544,11 +555,11 @@ struct BlockRuns {
   BlockGrid g{};
   int64_t blocks = 0, total = 0, n = 0;
   std::vector<int64_t> offset;           // [blocks + 1] first OR-run of each block
-  std::unique_ptr<int32_t[]> start;      // [R] first x of the OR-run
-  std::unique_ptr<int32_t[]> stop;       // [R] one past its last x
-  std::unique_ptr<cc_index_t[]> parent;  // [R] union-find parent, then the root
-  std::unique_ptr<uint64_t[]> first;     // [R] ranking key of the run (root: the smallest of its component)
-  std::unique_ptr<cc_index_t[]> label;   // [R] final label 1..n
+  Scratch<int32_t> start;      // [R] first x of the OR-run
+  Scratch<int32_t> stop;       // [R] one past its last x
+  Scratch<cc_index_t> parent;  // [R] union-find parent, then the root
+  Scratch<uint64_t> first;     // [R] ranking key of the run (root: the smallest of its component)
+  Scratch<cc_index_t> label;   // [R] final label 1..n
 };
 
 // Per-thread scratch rows. `ids` holds, for recent blocks, the OR-run index at every x of the block's
@@ -572,26 +583,39 @@ inline void or_rows(const BitRows& b, const int64_t* rows, int n, uint64_t* out)
   }
 }
 
-// ids[x] = base - 1 + (run starts of OR row o at or before x): the index of the OR-run over x.
-inline void fill_ids(const uint64_t* o, int64_t words, int64_t base, cc_index_t* ids) {
-  cc_index_t j = static_cast<cc_index_t>(base - 1);
-  for (int64_t w = 0; w < words; ++w) {
-    const uint64_t st = start_bits(o, w);
-    cc_index_t* d = ids + w * kWord;
-    for (int i = 0; i < kWord; ++i) {
-      j += static_cast<cc_index_t>((st >> i) & 1u);
-      d[i] = j;
+// row[x] = value(j) over each run j in [j0, j1), that is for x in [start[j], stop[j]); other entries
+// are left as they were. Runs come in x order, and each stores 8 entries at a time from its start,
+// spilling past its end into what the next run then overwrites: one predictable store pair per short
+// run instead of a loop whose length changes every time. `row` needs kPaintSlack entries past W.
+constexpr int64_t kPaintSlack = 8;
+
+template <typename F>
+inline void paint_runs(const int32_t* start, const int32_t* stop, int64_t j0, int64_t j1, F value, cc_index_t* row) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const cc_index_t v = value(j);
+#if defined(__SSE2__)
+    const __m128i vv = _mm_set1_epi32(static_cast<int>(v));
+    for (int32_t x = start[j]; x < stop[j]; x += 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x), vv);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + x + 4), vv);
     }
+#else
+    for (int32_t x = start[j]; x < stop[j]; x += 8)
+      for (int k = 0; k < 8; ++k) row[x + k] = v;
+#endif
   }
 }
 
+// ids[x] = the index of the OR-run of block bk over x (where its OR row is set).
+inline void fill_ids(const BlockRuns& t, int64_t bk, cc_index_t* ids) {
+  paint_runs(t.start.get(), t.stop.get(), t.offset[bk], t.offset[bk + 1], [](int64_t j) { return static_cast<cc_index_t>(j); }, ids);
+}
+
 // The OR-run index row of block bk: from the ring, or rebuilt into row `spare` of the scratch.
-const cc_index_t* block_ids(const BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int spare) {
+const cc_index_t* block_ids(const BlockRuns& t, BlockScratch& s, int64_t bk, int spare) {
   if (s.slots > 0) return s.slot(bk);
-  int64_t rows[4];
-  or_rows(bits, rows, block_rows(t.g, bk / t.g.BY, bk % t.g.BY, rows), s.on.data());
   cc_index_t* d = s.ids.data() + spare * s.stride;
-  fill_ids(s.on.data(), bits.words, t.offset[bk], d);
+  fill_ids(t, bk, d);
   return d;
 }
 
@@ -605,8 +629,15 @@ const cc_index_t* block_ids(const BlockRuns& t, const BitRows& bits, BlockScratc
 // Neighbouring bits of A join the same two runs, so only the first bit of each stretch of A is
 // linked; B and C bits are never adjacent. Each linked bit costs two table reads and a merge, with no
 // branch on the run layout.
+#ifdef FASTSEG_CC_TIMING
+static int64_t g_merges, g_dups, g_links;
+#define MERGE(a, b) do { cc_index_t ra = (a), rb = (b); ++g_merges; if (ra == la && rb == lb) ++g_dups; la = ra; lb = rb; unite_splicing(parent, ra, rb); } while (0)
+#else
+#define MERGE(a, b) unite_splicing(parent, a, b)
+#endif
 void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int64_t nlo, int64_t nhi) {
   const BlockGrid& g = t.g;
+  cc_index_t la = ~0u, lb = ~0u; (void)la; (void)lb;
   const int64_t Z = bk / g.BY, Y = bk % g.BY, words = bits.words;
   if (t.offset[bk] == t.offset[bk + 1]) return;
   const cc_index_t* cur = nullptr;
@@ -615,8 +646,8 @@ void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, 
     const Face f = block_face(g, Z, Y, q);
     if (f.block < nlo || f.block >= nhi) continue;
     if (t.offset[f.block] == t.offset[f.block + 1]) continue;
-    if (!cur) cur = block_ids(t, bits, s, bk, 0);
-    const cc_index_t* nb = block_ids(t, bits, s, f.block, 1);
+    if (!cur) cur = block_ids(t, s, bk, 0);
+    const cc_index_t* nb = block_ids(t, s, f.block, 1);
     int64_t rows[4];
     or_rows(bits, rows, block_rows(g, f.block / g.BY, f.block % g.BY, rows), s.on.data());
     or_rows(bits, f.cur, f.n_cur, s.fc.data());
@@ -634,16 +665,16 @@ void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, 
       const int64_t x0 = w * kWord;
       for (uint64_t e = a & ~((a << 1) | carry_a); e; e &= e - 1) {
         const int64_t x = x0 + __builtin_ctzll(e);
-        merge<true>(parent, cur[x], nb[x], SerialLink{});
+        MERGE(cur[x], nb[x]);
       }
       carry_a = a >> 63;
       for (uint64_t e = fc & ~on & left; e; e &= e - 1) {
         const int64_t x = x0 + __builtin_ctzll(e);
-        merge<true>(parent, cur[x], nb[x - 1], SerialLink{});
+        MERGE(cur[x], nb[x - 1]);
       }
       for (uint64_t e = fc & ~on & right; e; e &= e - 1) {
         const int64_t x = x0 + __builtin_ctzll(e);
-        merge<true>(parent, cur[x], nb[x + 1], SerialLink{});
+        MERGE(cur[x], nb[x + 1]);
       }
     }
   }
@@ -667,7 +698,6 @@ void extract_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t b
   const int nr = block_rows(g, bk / g.BY, bk % g.BY, rows);
   or_rows(bits, rows, nr, s.o.data());
   const int64_t o = t.offset[bk];
-  if (s.slots > 0) fill_ids(s.o.data(), bits.words, o, s.slot(bk));
   const uint64_t* row[4];
   uint64_t key[4], carry[4] = {0, 0, 0, 0};
   for (int i = 0; i < 4; ++i) {
@@ -698,14 +728,55 @@ void extract_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t b
     }
   }
   for (int64_t j = o; j < ns; ++j) t.parent[j] = static_cast<cc_index_t>(j);
+  if (s.slots > 0) fill_ids(t, bk, s.slot(bk));
+}
+
+// dst[x] = lab[x] where bit x of `fg` is set, else 0, for x < W.
+inline void write_masked_row(const uint64_t* fg, const cc_index_t* lab, int64_t W, cc_index_t* dst) {
+  int64_t w = 0;
+#if defined(__SSE2__)
+  // Four voxels at a time: a nibble of fg selects one of 16 lane masks.
+  alignas(16) static const uint32_t kLanes[16][4] = {
+      {0, 0, 0, 0}, {~0u, 0, 0, 0}, {0, ~0u, 0, 0}, {~0u, ~0u, 0, 0},
+      {0, 0, ~0u, 0}, {~0u, 0, ~0u, 0}, {0, ~0u, ~0u, 0}, {~0u, ~0u, ~0u, 0},
+      {0, 0, 0, ~0u}, {~0u, 0, 0, ~0u}, {0, ~0u, 0, ~0u}, {~0u, ~0u, 0, ~0u},
+      {0, 0, ~0u, ~0u}, {~0u, 0, ~0u, ~0u}, {0, ~0u, ~0u, ~0u}, {~0u, ~0u, ~0u, ~0u}};
+  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+    // Streaming stores: the output is written once and not read back here, so it need not be
+    // fetched into the cache first (half the memory traffic). The caller fences.
+    for (; (w + 1) * kWord <= W; ++w) {
+      const uint64_t f = fg[w];
+      __m128i* d = reinterpret_cast<__m128i*>(dst + w * kWord);
+      const __m128i* l = reinterpret_cast<const __m128i*>(lab + w * kWord);
+      for (int q = 0; q < kWord / 4; ++q) {
+        const __m128i m = _mm_load_si128(reinterpret_cast<const __m128i*>(kLanes[(f >> (4 * q)) & 15]));
+        _mm_stream_si128(d + q, _mm_and_si128(_mm_loadu_si128(l + q), m));
+      }
+    }
+  }
+  for (; (w + 1) * kWord <= W; ++w) {
+    const uint64_t f = fg[w];
+    __m128i* d = reinterpret_cast<__m128i*>(dst + w * kWord);
+    const __m128i* l = reinterpret_cast<const __m128i*>(lab + w * kWord);
+    for (int q = 0; q < kWord / 4; ++q) {
+      const __m128i m = _mm_load_si128(reinterpret_cast<const __m128i*>(kLanes[(f >> (4 * q)) & 15]));
+      _mm_storeu_si128(d + q, _mm_and_si128(_mm_loadu_si128(l + q), m));
+    }
+  }
+#endif
+  for (int64_t x = w * kWord; x < W; ++x) dst[x] = lab[x] & (0u - static_cast<cc_index_t>((fg[x / kWord] >> (x % kWord)) & 1));
 }
 
 template <typename Key, typename T>
 int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, const Key& key) {
+#ifdef FASTSEG_CC_TIMING
+  PhaseTimer pt;
+#endif
   BlockRuns t;
   if (grid.D * grid.H * grid.W == 0) return 0;
   BitRows bits;
   pack_rows(in, grid, key, bits);
+  LAP("pack");
   BlockGrid& g = t.g;
   g = BlockGrid{grid.D, grid.H, grid.W, connectivity == 26 ? 2 : 1, 0, 0, bits.rows};
   g.BZ = (g.D + g.bz - 1) / g.bz;
@@ -731,10 +802,11 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   }
   for (int64_t bk = 0; bk < t.blocks; ++bk) t.offset[bk + 1] += t.offset[bk];
   t.total = t.offset[t.blocks];
-  t.start.reset(new int32_t[t.total]);
-  t.stop.reset(new int32_t[t.total]);
-  t.parent.reset(new cc_index_t[t.total]);
-  t.first.reset(new uint64_t[t.total]);
+  t.start.reset(t.total);
+  t.stop.reset(t.total);
+  t.parent.reset(t.total);
+  t.first.reset(t.total);
+  LAP("count");
 
   // Extract and link, slab by slab; the seams after.
 #pragma omp parallel num_threads(threads)
@@ -749,6 +821,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
       }
     }
   }
+  LAP("slabs");
   {
     BlockScratch scratch(words, 0);
     for (int64_t sl = 1; sl < slabs; ++sl) {
@@ -757,6 +830,10 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     }
   }
 
+  LAP("link");
+#ifdef FASTSEG_CC_TIMING
+  { int64_t roots = 0; for (int64_t p = 0; p < t.total; ++p) roots += t.parent[p] == p; fprintf(stderr, "runs %ld merges %ld dups %ld roots %ld ", (long)t.total, (long)g_merges, (long)g_dups, (long)roots); g_merges = g_dups = 0; }
+#endif
   // Flatten: roots keep the smallest key (extract_block) of their component; those positions, ranked
   // in raster order through a bitmap, are the labels. The first pass is sequential (parent[p] < p is
   // final when p is reached); after it every run points at its root, and the rest runs in parallel.
@@ -769,10 +846,11 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     parent[p] = root;
     first[root] = std::min(first[root], first[p]);
   }
+  LAP("flat1");
   const int64_t voxels = g.D * g.H * g.W, map_words = (voxels + kWord - 1) / kWord;
-  std::unique_ptr<uint64_t[]> firsts(new uint64_t[map_words]);
-  std::unique_ptr<cc_index_t[]> before(new cc_index_t[map_words]);  // roots in earlier words
-  t.label.reset(new cc_index_t[t.total]);
+  Scratch<uint64_t> firsts(map_words);
+  Scratch<cc_index_t> before(map_words);  // roots in earlier words
+  t.label.reset(t.total);
   cc_index_t* label = t.label.get();
   const int64_t chunk = 1 << 14;
 #pragma omp parallel num_threads(threads)
@@ -803,53 +881,29 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
       if (parent[p] != static_cast<cc_index_t>(p)) label[p] = label[parent[p]];
   }
 
-  // Write the labels: a voxel takes the label of the OR-run over its column, counted through the
-  // run starts of its block's OR row.
-  const int64_t W = g.W;
+  LAP("rank");
+#ifdef FASTSEG_CC_TOUCH
+  memset(out, 0, g.D * g.H * g.W * 4); LAP("touch");
+#endif
+  // Write the labels, block by block: the block's OR-runs paint their labels into a row of W
+  // entries (gaps keep stale values), and each voxel row of the block is that row masked by its bits.
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<uint64_t> o(words);
-    int64_t rows[4];
-#pragma omp for schedule(dynamic, kRowChunk)
-    for (int64_t r = 0; r < bits.rows; ++r) {
-      const int64_t z = r / g.H, y = r % g.H;
-      const int64_t bk = (z / g.bz) * g.BY + y / 2;
-      or_rows(bits, rows, block_rows(g, bk / g.BY, bk % g.BY, rows), o.data());
-      // A voxel's run is the number of runs started up to it: t.label[base + that count].
-      const int64_t base = t.offset[bk] - 1;
-      const uint64_t* fg = bits.row(r);
-      cc_index_t* dst = out + r * W;
-      int64_t j = base;
-      for (int64_t w = 0; w < words; ++w) {
-        const int64_t x0 = w * kWord, n = std::min(kWord, W - x0);
-        const uint64_t starts = start_bits(o.data(), w), f = fg[w];
-        if (f == 0) {
-          std::fill(dst + x0, dst + x0 + n, cc_index_t{0});
-          j += popcount64(starts);
-          continue;
-        }
-        // Whole bytes through the tables (8 voxels: one label, or a few when runs start inside).
-        int64_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-          const unsigned fb = (f >> i) & 0xFF, sb = (starts >> i) & 0xFF;
-          cc_index_t* d = dst + x0 + i;
-          const uint32_t* mask = kByteTables.mask[fb];
-          if (sb == 0) {
-            const cc_index_t l = label[j];
-            for (int k = 0; k < 8; ++k) d[k] = l & mask[k];
-          } else {
-            const uint8_t* up_to = kByteTables.prefix[sb];
-            for (int k = 0; k < 8; ++k) d[k] = label[j + up_to[k]] & mask[k];
-            j += up_to[7];
-          }
-        }
-        for (; i < n; ++i) {
-          j += (starts >> i) & 1;
-          dst[x0 + i] = label[j] & (0u - static_cast<cc_index_t>((f >> i) & 1));
-        }
-      }
+    std::vector<cc_index_t> painted(words * kWord + kPaintSlack);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t bk = 0; bk < t.blocks; ++bk) {
+      const int64_t Z = bk / g.BY, Y = bk % g.BY;
+      cc_index_t* lab = painted.data();
+      paint_runs(t.start.get(), t.stop.get(), t.offset[bk], t.offset[bk + 1], [&](int64_t j) { return label[j]; }, lab);
+      for (int64_t z = g.bz * Z; z < std::min(g.D, g.bz * Z + g.bz); ++z)
+        for (int64_t y = 2 * Y; y < std::min(g.H, 2 * Y + 2); ++y)
+          write_masked_row(bits.row(z * g.H + y), lab, g.W, out + (z * g.H + y) * g.W);
     }
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
   }
+  LAP("write");
   return t.n;
 }
 

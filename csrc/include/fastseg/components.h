@@ -129,6 +129,29 @@ FASTSEG_HD cc_index_t merge(cc_index_t* parent, cc_index_t a, cc_index_t b, Link
   }
 }
 
+// Unites the trees of a and b for a single writer: Rem's algorithm with splicing. The two paths are
+// climbed together, always from the node whose parent is larger, and each node passed is re-pointed
+// to the other path's (smaller) parent. It stops as soon as the paths share a parent, which for two
+// nodes already in one tree (most calls of a labeller) is usually well below the root, or links the
+// root it reaches under the other side's parent. Parents only ever decrease, so parent[i] <= i stays
+// true and a tree's root stays its smallest index, as with merge().
+FASTSEG_HD void unite_splicing(cc_index_t* parent, cc_index_t a, cc_index_t b) {
+  cc_index_t pa = parent[a], pb = parent[b];
+  while (pa != pb) {
+    if (pa < pb) {  // climb from b
+      parent[b] = pa;
+      if (pb == b) return;  // b was a root: now linked under pa
+      b = pb;
+      pb = parent[b];
+    } else {  // climb from a
+      parent[a] = pb;
+      if (pa == a) return;
+      a = pa;
+      pa = parent[a];
+    }
+  }
+}
+
 // Whether two x-runs of neighbouring rows touch: [s0, e0) and [s1, e1), half-open; `diagonal`
 // lets them touch at a corner (stencil rows whose dx spans -1..1), else they must share an x.
 FASTSEG_HD bool runs_touch(int64_t s0, int64_t e0, int64_t s1, int64_t e1, bool diagonal) {
