@@ -411,7 +411,7 @@ void keep_largest(const T* seg, T* out, Grid g, const Key& key, T background, in
 //
 // Two OR-runs of neighbouring blocks touch only through voxels that face each other: block (Z, Y)
 // sees its earlier neighbours (Z, Y-1), (Z-1, Y-1), (Z-1, Y) and (Z-1, Y+1) through the rows listed
-// in block_face(). Run j of the block and run k of a neighbour connect when a facing voxel of j at
+// in kFaces26. Run j of the block and run k of a neighbour connect when a facing voxel of j at
 // x and one of k at x' have |x - x'| <= 1; link_block() finds all such pairs of a face with word
 // operations and per-x tables of run indices (no branch on the layout of the runs).
 //
@@ -504,81 +504,56 @@ void pack_rows(const T* in, Grid g, const Key& key, BitRows& b) {
 }
 
 struct BlockGrid {
-  int64_t D, H, W;
-  int64_t bz;      // rows of a block along z: 2 (26-connectivity) or 1 (8-connectivity per plane)
-  int64_t BZ, BY;  // blocks along z and y
-  int64_t zero;    // index of the all-zero row
-  // Bit row of voxel row (z, y), the zero row outside the volume.
-  int64_t row(int64_t z, int64_t y) const { return (z >= 0 && z < D && y >= 0 && y < H) ? z * H + y : zero; }
+  int64_t D = 0, H = 0, W = 0;
+  int64_t bz = 0;          // rows of a block along z: 2 (26-connectivity) or 1 (8-connectivity per plane)
+  int64_t BZ = 0, BY = 0;  // blocks along z and y
+  const BitRows* bits = nullptr;
+  // Bit row of voxel row (z, y); the all-zero row outside the volume.
+  const uint64_t* row(int64_t z, int64_t y) const {
+    return bits->row((z >= 0 && z < D && y >= 0 && y < H) ? z * H + y : bits->rows);
+  }
+  // The rows of block (Z, Y): rows[2 * a + b] is voxel row (bz * Z + a, 2 * Y + b). Returns 2 * bz.
+  int block_rows(int64_t Z, int64_t Y, const uint64_t** rows) const {
+    for (int64_t a = 0; a < bz; ++a)
+      for (int64_t b = 0; b < 2; ++b) rows[2 * a + b] = row(bz * Z + a, 2 * Y + b);
+    return static_cast<int>(2 * bz);
+  }
 };
 
-// The rows of block (Z, Y) in raster order; returns their count (2 * bz).
-inline int block_rows(const BlockGrid& g, int64_t Z, int64_t Y, int64_t* rows) {
-  int m = 0;
-  for (int64_t a = 0; a < g.bz; ++a)
-    for (int64_t b = 0; b < 2; ++b) rows[m++] = g.row(g.bz * Z + a, 2 * Y + b);
-  return m;
-}
-
-// Earlier neighbour q of block (Z, Y): its block index (-1 when outside) and the rows through which
-// the two face each other (cur: rows of (Z, Y), nb: rows of the neighbour; a count and up to 2 each).
+// Earlier neighbour blocks of block (Z, Y), at (Z + dZ, Y + dY), and the rows (indices into both
+// blocks' block_rows) through which the two face each other. 26-connectivity, rows 0..3 of a block
+// being (z, y), (z, y + 1), (z + 1, y), (z + 1, y + 1):
+//   (Z, Y - 1):     rows 0, 2 face the neighbour's 1, 3    (same planes, the row before)
+//   (Z - 1, Y - 1): row 0 faces the neighbour's 3          (plane and row before: an edge)
+//   (Z - 1, Y):     rows 0, 1 face the neighbour's 2, 3    (the plane before)
+//   (Z - 1, Y + 1): row 1 faces the neighbour's 2          (plane before, row after: an edge)
+// In-plane 8-connectivity has blocks of 2 rows and one face: row 0 faces the neighbour's row 1.
 struct Face {
-  int64_t block = -1;
-  int n_cur = 0, n_nb = 0;
-  int64_t cur[2] = {}, nb[2] = {};
+  int dZ, dY;
+  int n_cur, n_nb;
+  int cur[2], nb[2];
 };
-
-inline Face block_face(const BlockGrid& g, int64_t Z, int64_t Y, int q) {
-  Face f;
-  const int64_t z = g.bz * Z, y = 2 * Y;
-  auto add = [&](int64_t nz, int64_t ny, std::initializer_list<std::pair<int64_t, int64_t>> cur,
-                 std::initializer_list<std::pair<int64_t, int64_t>> nb) {
-    if (nz < 0 || ny < 0 || ny >= g.BY) return;
-    f.block = nz * g.BY + ny;
-    for (auto [rz, ry] : cur) f.cur[f.n_cur++] = g.row(rz, ry);
-    for (auto [rz, ry] : nb) f.nb[f.n_nb++] = g.row(rz, ry);
-  };
-  if (g.bz == 1) {
-    if (q == 0) add(Z, Y - 1, {{z, y}}, {{z, y - 1}});
-    return f;
-  }
-  switch (q) {
-    case 0: add(Z, Y - 1, {{z, y}, {z + 1, y}}, {{z, y - 1}, {z + 1, y - 1}}); break;
-    case 1: add(Z - 1, Y - 1, {{z, y}}, {{z - 1, y - 1}}); break;
-    case 2: add(Z - 1, Y, {{z, y}, {z, y + 1}}, {{z - 1, y}, {z - 1, y + 1}}); break;
-    case 3: add(Z - 1, Y + 1, {{z, y + 1}}, {{z - 1, y + 2}}); break;
-  }
-  return f;
-}
+constexpr Face kFaces26[4] = {{0, -1, 2, 2, {0, 2}, {1, 3}},
+                              {-1, -1, 1, 1, {0, 0}, {3, 3}},
+                              {-1, 0, 2, 2, {0, 1}, {2, 3}},
+                              {-1, 1, 1, 1, {1, 1}, {2, 2}}};
+constexpr Face kFaces8[1] = {{0, -1, 1, 1, {0, 0}, {1, 1}}};
 
 struct BlockRuns {
   BlockGrid g{};
   int64_t blocks = 0, total = 0, n = 0;
-  std::vector<int64_t> offset;           // [blocks + 1] first OR-run of each block
-  Scratch<int32_t> start;      // [R] first x of the OR-run
-  Scratch<int32_t> stop;       // [R] one past its last x
-  Scratch<cc_index_t> parent;  // [R] union-find parent, then the root
-  Scratch<uint64_t> first;     // [R] ranking key of the run (root: the smallest of its component)
-  Scratch<cc_index_t> label;   // [R] final label 1..n
+  std::vector<int64_t> offset;  // [blocks + 1] first OR-run of each block
+  Scratch<int32_t> start;       // [R] first x of the OR-run
+  Scratch<int32_t> stop;        // [R] one past its last x
+  Scratch<cc_index_t> parent;   // [R] union-find parent, then the root
+  Scratch<uint64_t> first;      // [R] ranking key of the run (root: the smallest of its component)
+  Scratch<cc_index_t> label;    // [R] final label 1..n (roots only)
 };
 
-// Per-thread scratch rows. `ids` holds, for recent blocks, the OR-run index at every x of the block's
-// OR row (meaningful where that row is set): a ring of `slots` rows indexed by block, filled as blocks
-// are extracted, or (slots == 0, the seams) two rows filled on demand.
-struct BlockScratch {
-  std::vector<uint64_t> o, fc, fn, on;
-  int64_t stride = 0, slots = 0;
-  std::vector<cc_index_t> ids;  // [max(slots, 2), stride]
-  BlockScratch(int64_t words, int64_t ring)
-      : o(words + kPad), fc(words + kPad), fn(words + kPad), on(words + kPad), stride(words * kWord + kWord),
-        slots(ring), ids(std::max<int64_t>(ring, 2) * stride) {}
-  cc_index_t* slot(int64_t bk) { return ids.data() + (bk % slots) * stride; }
-};
-
-inline void or_rows(const BitRows& b, const int64_t* rows, int n, uint64_t* out) {
-  for (int64_t w = 0; w < b.words; ++w) {
+inline void or_rows(const uint64_t* const* rows, int n, int64_t words, uint64_t* out) {
+  for (int64_t w = 0; w < words; ++w) {
     uint64_t v = 0;
-    for (int i = 0; i < n; ++i) v |= b.row(rows[i])[w];
+    for (int i = 0; i < n; ++i) v |= rows[i][w];
     out[w] = v;
   }
 }
@@ -606,20 +581,56 @@ inline void paint_runs(const int32_t* start, const int32_t* stop, int64_t j0, in
   }
 }
 
-// ids[x] = the index of the OR-run of block bk over x (where its OR row is set).
-inline void fill_ids(const BlockRuns& t, int64_t bk, cc_index_t* ids) {
+// What linking needs of a block: its OR row (words + kPad words) and, at every x where that row is
+// set, the index of the OR-run over x.
+struct BlockView {
+  const uint64_t* o;
+  const cc_index_t* ids;
+};
+
+// Per-thread scratch. Scanning a slab keeps the views of recent blocks in a ring (a power of two of
+// at least BY + 2 slots, indexed by block), filled as blocks are extracted; stitching seams has no
+// ring and builds the two views it needs on demand (slots 0 and 1).
+struct BlockScratch {
+  int64_t words = 0, o_stride = 0, id_stride = 0, mask = 0;
+  bool ring = false;
+  std::vector<uint64_t> o;      // [slots, o_stride]
+  std::vector<cc_index_t> ids;  // [slots, id_stride]
+  std::vector<uint64_t> fc, fn;  // facing rows of the block and of a neighbour [words + kPad]
+  BlockScratch(int64_t words_, int64_t min_slots) : words(words_), ring(min_slots > 0) {
+    int64_t slots = 2;
+    while (slots < min_slots) slots *= 2;
+    mask = slots - 1;
+    o_stride = words + kPad;
+    id_stride = words * kWord + kWord;
+    o.assign(slots * o_stride, 0);
+    ids.assign(slots * id_stride, 0);
+    fc.assign(words + kPad, 0);
+    fn.assign(words + kPad, 0);
+  }
+  uint64_t* o_slot(int64_t i) { return o.data() + (i & mask) * o_stride; }
+  cc_index_t* id_slot(int64_t i) { return ids.data() + (i & mask) * id_stride; }
+};
+
+// The view of block bk: from the ring, or built into slot `spare`.
+BlockView block_view(const BlockRuns& t, BlockScratch& s, int64_t bk, int64_t Z, int64_t Y, int spare) {
+  if (s.ring) return {s.o_slot(bk), s.id_slot(bk)};
+  const uint64_t* rows[4];
+  uint64_t* o = s.o_slot(spare);
+  or_rows(rows, t.g.block_rows(Z, Y, rows), s.words, o);
+  cc_index_t* ids = s.id_slot(spare);
   paint_runs(t.start.get(), t.stop.get(), t.offset[bk], t.offset[bk + 1], [](int64_t j) { return static_cast<cc_index_t>(j); }, ids);
+  return {o, ids};
 }
 
-// The OR-run index row of block bk: from the ring, or rebuilt into row `spare` of the scratch.
-const cc_index_t* block_ids(const BlockRuns& t, BlockScratch& s, int64_t bk, int spare) {
-  if (s.slots > 0) return s.slot(bk);
-  cc_index_t* d = s.ids.data() + spare * s.stride;
-  fill_ids(t, bk, d);
-  return d;
-}
-
-// Links the OR-runs of block bk to those of its earlier neighbours whose block index is in [nlo, nhi).
+#ifdef FASTSEG_CC_TIMING
+static int64_t g_merges, g_dups, g_links;
+#define MERGE(a, b) do { ++g_merges; unite_splicing(parent, a, b); } while (0)
+#else
+#define MERGE(a, b) unite_splicing(parent, a, b)
+#endif
+// Links the OR-runs of block (Z, Y) to those of its earlier neighbours whose block index is in
+// [nlo, nhi).
 //
 // Bit-parallel: with F_cur, F_nb the facing rows of the block and of a neighbour and O_nb the
 // neighbour's OR row, a voxel x of F_cur touches
@@ -627,60 +638,65 @@ const cc_index_t* block_ids(const BlockRuns& t, BlockScratch& s, int64_t bk, int
 //      bit is in the run over x, as O_nb is set between them);
 //   B, C: where O_nb[x] is clear, the runs over x - 1 and x + 1, where F_nb is set there.
 // Neighbouring bits of A join the same two runs, so only the first bit of each stretch of A is
-// linked; B and C bits are never adjacent. Each linked bit costs two table reads and a merge, with no
+// linked; B and C bits are never adjacent. Each linked bit costs two table reads and a union, with no
 // branch on the run layout.
-#ifdef FASTSEG_CC_TIMING
-static int64_t g_merges, g_dups, g_links;
-#define MERGE(a, b) do { cc_index_t ra = (a), rb = (b); ++g_merges; if (ra == la && rb == lb) ++g_dups; la = ra; lb = rb; unite_splicing(parent, ra, rb); } while (0)
-#else
-#define MERGE(a, b) unite_splicing(parent, a, b)
-#endif
-void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, int64_t nlo, int64_t nhi) {
+void link_block(BlockRuns& t, BlockScratch& s, int64_t Z, int64_t Y, int64_t nlo, int64_t nhi) {
   const BlockGrid& g = t.g;
-  cc_index_t la = ~0u, lb = ~0u; (void)la; (void)lb;
-  const int64_t Z = bk / g.BY, Y = bk % g.BY, words = bits.words;
+  const int64_t bk = Z * g.BY + Y, words = s.words;
   if (t.offset[bk] == t.offset[bk + 1]) return;
+  const uint64_t* rows[4];
+  g.block_rows(Z, Y, rows);
+  const Face* faces = g.bz == 2 ? kFaces26 : kFaces8;
+  const int n_faces = g.bz == 2 ? 4 : 1;
   const cc_index_t* cur = nullptr;
   cc_index_t* parent = t.parent.get();
-  for (int q = 0; q < 4; ++q) {
-    const Face f = block_face(g, Z, Y, q);
-    if (f.block < nlo || f.block >= nhi) continue;
-    if (t.offset[f.block] == t.offset[f.block + 1]) continue;
-    if (!cur) cur = block_ids(t, s, bk, 0);
-    const cc_index_t* nb = block_ids(t, s, f.block, 1);
-    int64_t rows[4];
-    or_rows(bits, rows, block_rows(g, f.block / g.BY, f.block % g.BY, rows), s.on.data());
-    or_rows(bits, f.cur, f.n_cur, s.fc.data());
-    or_rows(bits, f.nb, f.n_nb, s.fn.data());
+  uint64_t* fc = s.fc.data();
+  uint64_t* fn = s.fn.data();
+  for (int q = 0; q < n_faces; ++q) {
+    const Face& f = faces[q];
+    const int64_t nZ = Z + f.dZ, nY = Y + f.dY, nbk = nZ * g.BY + nY;
+    if (nZ < 0 || nY < 0 || nY >= g.BY || nbk < nlo || nbk >= nhi) continue;
+    if (t.offset[nbk] == t.offset[nbk + 1]) continue;
+    if (!cur) cur = block_view(t, s, bk, Z, Y, 0).ids;
+    const BlockView nb = block_view(t, s, nbk, nZ, nY, 1);
+    const uint64_t* nrows[4];
+    g.block_rows(nZ, nY, nrows);
+    const uint64_t* fcr[2] = {rows[f.cur[0]], rows[f.cur[1]]};
+    const uint64_t* fnr[2] = {nrows[f.nb[0]], nrows[f.nb[1]]};
+    or_rows(fcr, f.n_cur, words, fc);
+    or_rows(fnr, f.n_nb, words, fn);
     uint64_t carry_a = 0;
     for (int64_t w = 0; w < words; ++w) {
-      const uint64_t fn = s.fn[w], fc = s.fc[w], on = s.on[w];
-      if (fc == 0 || (fn | (w > 0 ? s.fn[w - 1] : 0) | s.fn[w + 1]) == 0) {
+      const uint64_t fnw = fn[w], fcw = fc[w], on = nb.o[w];
+      const uint64_t before = w > 0 ? fn[w - 1] : 0;
+      if (fcw == 0 || (fnw | before | fn[w + 1]) == 0) {
         carry_a = 0;
         continue;
       }
-      const uint64_t left = (fn << 1) | (w > 0 ? s.fn[w - 1] >> 63 : 0);  // bit x: F_nb[x - 1]
-      const uint64_t right = (fn >> 1) | (s.fn[w + 1] << 63);             // bit x: F_nb[x + 1]
-      const uint64_t a = fc & on & (fn | left | right);
-      const int64_t x0 = w * kWord;
+      const uint64_t left = (fnw << 1) | (before >> 63);  // bit x: F_nb[x - 1]
+      const uint64_t right = (fnw >> 1) | (fn[w + 1] << 63);  // bit x: F_nb[x + 1]
+      const uint64_t a = fcw & on & (fnw | left | right);
+      const cc_index_t* c = cur + w * kWord;
+      const cc_index_t* n = nb.ids + w * kWord;
       for (uint64_t e = a & ~((a << 1) | carry_a); e; e &= e - 1) {
-        const int64_t x = x0 + __builtin_ctzll(e);
-        MERGE(cur[x], nb[x]);
+        const int x = __builtin_ctzll(e);
+        MERGE(c[x], n[x]);
       }
       carry_a = a >> 63;
-      for (uint64_t e = fc & ~on & left; e; e &= e - 1) {
-        const int64_t x = x0 + __builtin_ctzll(e);
-        MERGE(cur[x], nb[x - 1]);
+      for (uint64_t e = fcw & ~on & left; e; e &= e - 1) {
+        const int x = __builtin_ctzll(e);
+        MERGE(c[x], n[x - 1]);
       }
-      for (uint64_t e = fc & ~on & right; e; e &= e - 1) {
-        const int64_t x = x0 + __builtin_ctzll(e);
-        MERGE(cur[x], nb[x + 1]);
+      for (uint64_t e = fcw & ~on & right; e; e &= e - 1) {
+        const int x = __builtin_ctzll(e);
+        MERGE(c[x], n[x + 1]);
       }
     }
   }
 }
 
-// OR-runs of block bk into t from index t.offset[bk], each its own root, with its ranking key.
+// OR-runs of block (Z, Y) into t from index t.offset[bk], each its own root, with its ranking key;
+// its view into the ring.
 //
 // The key of a run is r * W + s: r the first row of the block (in raster order) with a voxel in the
 // run, s the run's start. It is not the run's first voxel (that lies at or after s in row r), but it
@@ -692,22 +708,26 @@ void link_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk, 
 // through every run of O that holds a bit of R and out at the bit just past the run, which O leaves
 // clear; runs without bits of R add nothing. So (O + R) & ~O, a multi-word addition, marks exactly
 // the ends of the runs that R meets, for runs of any length.
-void extract_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t bk) {
+void extract_block(BlockRuns& t, BlockScratch& s, int64_t Z, int64_t Y) {
   const BlockGrid& g = t.g;
-  int64_t rows[4];
-  const int nr = block_rows(g, bk / g.BY, bk % g.BY, rows);
-  or_rows(bits, rows, nr, s.o.data());
-  const int64_t o = t.offset[bk];
+  const int64_t bk = Z * g.BY + Y, words = s.words;
+  const uint64_t* rows[4];
+  const int nr = g.block_rows(Z, Y, rows);
+  uint64_t* o = s.o_slot(bk);
+  or_rows(rows, nr, words, o);
+  const int64_t j0 = t.offset[bk];
   const uint64_t* row[4];
   uint64_t key[4], carry[4] = {0, 0, 0, 0};
+  const int64_t z0 = g.bz * Z, y0 = 2 * Y;
   for (int i = 0; i < 4; ++i) {
-    row[i] = bits.row(rows[std::min(i, nr - 1)]);
-    key[i] = static_cast<uint64_t>(rows[std::min(i, nr - 1)]) * g.W;
+    const int k = std::min(i, nr - 1);
+    row[i] = rows[k];
+    key[i] = static_cast<uint64_t>(((z0 + k / 2) * g.H + y0 + k % 2) * g.W);
   }
-  int64_t ns = o, ne = o;
+  int64_t ns = j0, ne = j0;
   // Word `words` is padding (0 in O and in every row): it receives the ends of runs that reach W.
-  for (int64_t w = 0; w <= bits.words; ++w) {
-    const uint64_t ow = s.o[w], prev = (ow << 1) | (w > 0 ? s.o[w - 1] >> 63 : 0);
+  for (int64_t w = 0; w <= words; ++w) {
+    const uint64_t ow = o[w], prev = (ow << 1) | (w > 0 ? o[w - 1] >> 63 : 0);
     uint64_t meets[4];
     for (int i = 0; i < 4; ++i) {
       const uint64_t sum = ow + row[i][w], total = sum + carry[i];
@@ -727,8 +747,8 @@ void extract_block(BlockRuns& t, const BitRows& bits, BlockScratch& s, int64_t b
       ++ne;
     }
   }
-  for (int64_t j = o; j < ns; ++j) t.parent[j] = static_cast<cc_index_t>(j);
-  if (s.slots > 0) fill_ids(t, bk, s.slot(bk));
+  for (int64_t j = j0; j < ns; ++j) t.parent[j] = static_cast<cc_index_t>(j);
+  paint_runs(t.start.get(), t.stop.get(), j0, ns, [](int64_t j) { return static_cast<cc_index_t>(j); }, s.id_slot(bk));
 }
 
 // dst[x] = lab[x] where bit x of `fg` is set, else 0, for x < W.
@@ -778,7 +798,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   pack_rows(in, grid, key, bits);
   LAP("pack");
   BlockGrid& g = t.g;
-  g = BlockGrid{grid.D, grid.H, grid.W, connectivity == 26 ? 2 : 1, 0, 0, bits.rows};
+  g.D = grid.D, g.H = grid.H, g.W = grid.W, g.bz = connectivity == 26 ? 2 : 1, g.bits = &bits;
   g.BZ = (g.D + g.bz - 1) / g.bz;
   g.BY = (g.H + 1) / 2;
   t.blocks = g.BZ * g.BY;
@@ -790,11 +810,11 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   // Count the OR-runs of every block.
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<uint64_t> o(words);
+    std::vector<uint64_t> o(words + kPad);
 #pragma omp for schedule(dynamic, kRowChunk)
     for (int64_t bk = 0; bk < t.blocks; ++bk) {
-      int64_t rows[4];
-      or_rows(bits, rows, block_rows(g, bk / g.BY, bk % g.BY, rows), o.data());
+      const uint64_t* rows[4];
+      or_rows(rows, g.block_rows(bk / g.BY, bk % g.BY, rows), words, o.data());
       int64_t n = 0;
       for (int64_t w = 0; w < words; ++w) n += popcount64(start_bits(o.data(), w));
       t.offset[bk + 1] = n;
@@ -816,8 +836,8 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     for (int64_t sl = 0; sl < slabs; ++sl) {
       const int64_t lo = sl * t.blocks / slabs, hi = (sl + 1) * t.blocks / slabs;
       for (int64_t bk = lo; bk < hi; ++bk) {
-        extract_block(t, bits, scratch, bk);
-        link_block(t, bits, scratch, bk, lo, t.blocks);
+        extract_block(t, scratch, bk / g.BY, bk % g.BY);
+        link_block(t, scratch, bk / g.BY, bk % g.BY, lo, t.blocks);
       }
     }
   }
@@ -826,7 +846,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     BlockScratch scratch(words, 0);
     for (int64_t sl = 1; sl < slabs; ++sl) {
       const int64_t lo = sl * t.blocks / slabs, hi = (sl + 1) * t.blocks / slabs;
-      for (int64_t bk = lo; bk < std::min(hi, lo + g.BY + 2); ++bk) link_block(t, bits, scratch, bk, 0, lo);
+      for (int64_t bk = lo; bk < std::min(hi, lo + g.BY + 2); ++bk) link_block(t, scratch, bk / g.BY, bk % g.BY, 0, lo);
     }
   }
 
@@ -834,53 +854,78 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
 #ifdef FASTSEG_CC_TIMING
   { int64_t roots = 0; for (int64_t p = 0; p < t.total; ++p) roots += t.parent[p] == p; fprintf(stderr, "runs %ld merges %ld dups %ld roots %ld ", (long)t.total, (long)g_merges, (long)g_dups, (long)roots); g_merges = g_dups = 0; }
 #endif
-  // Flatten: roots keep the smallest key (extract_block) of their component; those positions, ranked
-  // in raster order through a bitmap, are the labels. The first pass is sequential (parent[p] < p is
-  // final when p is reached); after it every run points at its root, and the rest runs in parallel.
+  // Flatten, in parallel over ranges of runs. (1) Each thread resolves its range in index order:
+  // parent[p] < p, so parent[parent[p]] is already a root of the range, or a pointer into an earlier
+  // range. (2) Range by range, pointers into earlier ranges (by then resolved) take one more hop.
+  // (3) Roots take the smallest key (extract_block) of their component, an atomic minimum that is
+  // rarely contended: keys grow with the run index. (4) Those keys, ranked in raster order through a
+  // bitmap, give the roots their labels; the write pass looks every run's label up at its root.
   cc_index_t* parent = t.parent.get();
   uint64_t* first = t.first.get();
-  for (int64_t p = 0; p < t.total; ++p) {
-    const cc_index_t up = parent[p];
-    if (up == static_cast<cc_index_t>(p)) continue;
-    const cc_index_t root = parent[up];
-    parent[p] = root;
-    first[root] = std::min(first[root], first[p]);
-  }
-  LAP("flat1");
+  const int64_t R = t.total;
   const int64_t voxels = g.D * g.H * g.W, map_words = (voxels + kWord - 1) / kWord;
   Scratch<uint64_t> firsts(map_words);
   Scratch<cc_index_t> before(map_words);  // roots in earlier words
-  t.label.reset(t.total);
-  cc_index_t* label = t.label.get();
+  t.label.reset(R);
+  cc_index_t* label = t.label.get();  // at roots only
   const int64_t chunk = 1 << 14;
+  std::vector<std::vector<cc_index_t>> roots(threads);  // per thread, of its range
+  std::vector<cc_index_t> counted(threads + 1, 0);      // per thread, roots in its words of the bitmap
 #pragma omp parallel num_threads(threads)
   {
+    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
+    auto range = [&](int64_t k, int64_t n) { return std::make_pair(k * n / nt, (k + 1) * n / nt); };
+    std::vector<cc_index_t>& mine = roots[me];
+    {
+      const auto [lo, hi] = range(me, R);
+      for (int64_t p = lo; p < hi; ++p) {
+        const cc_index_t up = parent[p];
+        if (up == static_cast<cc_index_t>(p)) mine.push_back(up);
+        if (up >= lo) parent[p] = parent[up];
+      }
+    }
 #pragma omp for schedule(static)
     for (int64_t w = 0; w < map_words; ++w) firsts[w] = 0;
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t p = 0; p < t.total; ++p)
-      if (parent[p] == static_cast<cc_index_t>(p))
-        __atomic_fetch_or(&firsts[first[p] >> 6], uint64_t{1} << (first[p] & 63), __ATOMIC_RELAXED);
-#pragma omp single
-    {
-      cc_index_t count = 0;
-      for (int64_t w = 0; w < map_words; ++w) {
-        before[w] = count;
-        count += static_cast<cc_index_t>(popcount64(firsts[w]));
+    for (int64_t k = 1; k < nt; ++k) {
+      const auto [lo, hi] = range(k, R);
+#pragma omp for schedule(static)
+      for (int64_t p = lo; p < hi; ++p) {
+        const cc_index_t up = parent[p];
+        if (up < lo) parent[p] = parent[up];
       }
-      t.n = count;
     }
 #pragma omp for schedule(dynamic, chunk)
-    for (int64_t p = 0; p < t.total; ++p) {
-      if (parent[p] != static_cast<cc_index_t>(p)) continue;
+    for (int64_t p = 0; p < R; ++p) {
+      const cc_index_t r = parent[p];
       const uint64_t f = first[p];
-      label[p] = before[f >> 6] + static_cast<cc_index_t>(popcount64(firsts[f >> 6] & ((uint64_t{1} << (f & 63)) - 1))) + 1;
+      if (r == static_cast<cc_index_t>(p)) continue;
+      uint64_t cur = __atomic_load_n(&first[r], __ATOMIC_RELAXED);
+      while (f < cur && !__atomic_compare_exchange_n(&first[r], &cur, f, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      }
     }
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t p = 0; p < t.total; ++p)
-      if (parent[p] != static_cast<cc_index_t>(p)) label[p] = label[parent[p]];
+    for (const cc_index_t r : mine)
+      __atomic_fetch_or(&firsts[first[r] >> 6], uint64_t{1} << (first[r] & 63), __ATOMIC_RELAXED);
+#pragma omp barrier
+    // Ranks: an exclusive prefix count of the bitmap, each thread over its share of words.
+    const auto [w0, w1] = range(me, map_words);
+    cc_index_t count = 0;
+    for (int64_t w = w0; w < w1; ++w) count += static_cast<cc_index_t>(popcount64(firsts[w]));
+    counted[me + 1] = count;
+#pragma omp barrier
+#pragma omp single
+    for (int64_t k = 0; k < nt; ++k) counted[k + 1] += counted[k];
+    count = counted[me];
+    for (int64_t w = w0; w < w1; ++w) {
+      before[w] = count;
+      count += static_cast<cc_index_t>(popcount64(firsts[w]));
+    }
+#pragma omp barrier
+    for (const cc_index_t r : mine) {
+      const uint64_t f = first[r];
+      label[r] = before[f >> 6] + static_cast<cc_index_t>(popcount64(firsts[f >> 6] & ((uint64_t{1} << (f & 63)) - 1))) + 1;
+    }
   }
-
+  t.n = counted[threads];
   LAP("rank");
 #ifdef FASTSEG_CC_TOUCH
   memset(out, 0, g.D * g.H * g.W * 4); LAP("touch");
@@ -894,7 +939,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     for (int64_t bk = 0; bk < t.blocks; ++bk) {
       const int64_t Z = bk / g.BY, Y = bk % g.BY;
       cc_index_t* lab = painted.data();
-      paint_runs(t.start.get(), t.stop.get(), t.offset[bk], t.offset[bk + 1], [&](int64_t j) { return label[j]; }, lab);
+      paint_runs(t.start.get(), t.stop.get(), t.offset[bk], t.offset[bk + 1], [&](int64_t j) { return label[parent[j]]; }, lab);
       for (int64_t z = g.bz * Z; z < std::min(g.D, g.bz * Z + g.bz); ++z)
         for (int64_t y = 2 * Y; y < std::min(g.H, 2 * Y + 2); ++y)
           write_masked_row(bits.row(z * g.H + y), lab, g.W, out + (z * g.H + y) * g.W);
