@@ -9,6 +9,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <limits>
@@ -19,6 +20,7 @@
 
 #include "binding.h"
 #include "kernels.h"
+#include "scratch.h"
 
 namespace py = pybind11;
 
@@ -57,6 +59,31 @@ auto dispatch_width(const py::array& a, F&& f) {
 template <typename P>
 using element_t = std::remove_const_t<std::remove_pointer_t<P>>;
 
+// A (D, H, W) array whose memory comes from the scratch cache (scratch.h) and goes back to it when
+// numpy frees the array: a labelling loop over volumes of similar size then reuses pages that are
+// already mapped instead of faulting in (and zeroing) fresh ones for every output.
+template <typename T>
+py::array_t<T> scratch_array(const std::array<int64_t, 3>& shape) {
+  struct Owned {
+    void* base;
+    size_t capacity;
+  };
+  const size_t n = static_cast<size_t>(shape[0] * shape[1] * shape[2]);
+  auto* owned = new Owned{nullptr, 0};
+  try {
+    owned->base = cpu::scratch_acquire(std::max<size_t>(n, 1) * sizeof(T), &owned->capacity);
+  } catch (...) {
+    delete owned;
+    throw;
+  }
+  py::capsule release(owned, [](void* p) {
+    auto* o = static_cast<Owned*>(p);
+    cpu::scratch_release(o->base, o->capacity);
+    delete o;
+  });
+  return py::array_t<T>({shape[0], shape[1], shape[2]}, static_cast<T*>(owned->base), release);
+}
+
 void check_connectivity(int connectivity) {
   int hops;
   bool volumetric;
@@ -67,7 +94,7 @@ void check_connectivity(int connectivity) {
 py::tuple connected_components(const py::array& x, int connectivity, bool binary) {
   const auto shape = volume_shape(x, "x");
   check_connectivity(connectivity);
-  py::array_t<cc_index_t> labels({shape[0], shape[1], shape[2]});
+  py::array_t<cc_index_t> labels = scratch_array<cc_index_t>(shape);
   cc_index_t* out = labels.mutable_data();
   const void* in = x.data();
   const int64_t n = dispatch_width(x, [&](auto tag) {

@@ -14,6 +14,7 @@
 
 #include "binding.h"
 #include "kernels.h"
+#include "scratch.h"
 
 namespace py = pybind11;
 using namespace fastseg;
@@ -198,6 +199,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("normalize_apply", &normalize_apply, py::arg("x"), py::arg("mask"), py::arg("lo"), py::arg("hi"),
         py::arg("shift"), py::arg("denom"), py::arg("clip"));
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  m.def("release_scratch", &cpu::release_scratch,
+        "Returns the memory cached for the kernels' scratch buffers to the OS; returns the bytes freed.");
   fastseg::bind::register_components(m);
   fastseg::bind::register_inference(m);
 }
