@@ -638,8 +638,10 @@ static int64_t g_merges, g_dups, g_links;
 //      bit is in the run over x, as O_nb is set between them);
 //   B, C: where O_nb[x] is clear, the runs over x - 1 and x + 1, where F_nb is set there.
 // Neighbouring bits of A join the same two runs, so only the first bit of each stretch of A is
-// linked; B and C bits are never adjacent. Each linked bit costs two table reads and a union, with no
-// branch on the run layout.
+// linked. A B bit at x next to an A bit at x - 1 joins the runs that A's stretch joins (x - 1 and x
+// share the block's run, and x - 1 lies in the neighbour's run that ends there), and so does a C bit
+// next to an A bit at x + 1: those are skipped. Each linked bit costs two table reads and a union,
+// with no branch on the run layout.
 void link_block(BlockRuns& t, BlockScratch& s, int64_t Z, int64_t Y, int64_t nlo, int64_t nhi) {
   const BlockGrid& g = t.g;
   const int64_t bk = Z * g.BY + Y, words = s.words;
@@ -678,16 +680,17 @@ void link_block(BlockRuns& t, BlockScratch& s, int64_t Z, int64_t Y, int64_t nlo
       const uint64_t a = fcw & on & (fnw | left | right);
       const cc_index_t* c = cur + w * kWord;
       const cc_index_t* n = nb.ids + w * kWord;
-      for (uint64_t e = a & ~((a << 1) | carry_a); e; e &= e - 1) {
+      const uint64_t a_before = (a << 1) | carry_a;  // bit x: A[x - 1]
+      for (uint64_t e = a & ~a_before; e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
         MERGE(c[x], n[x]);
       }
       carry_a = a >> 63;
-      for (uint64_t e = fcw & ~on & left; e; e &= e - 1) {
+      for (uint64_t e = fcw & ~on & left & ~a_before; e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
         MERGE(c[x], n[x - 1]);
       }
-      for (uint64_t e = fcw & ~on & right; e; e &= e - 1) {
+      for (uint64_t e = fcw & ~on & right & ~(a >> 1); e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
         MERGE(c[x], n[x + 1]);
       }
