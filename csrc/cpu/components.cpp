@@ -860,9 +860,10 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   // Flatten, in parallel over ranges of runs. (1) Each thread resolves its range in index order:
   // parent[p] < p, so parent[parent[p]] is already a root of the range, or a pointer into an earlier
   // range. (2) Range by range, pointers into earlier ranges (by then resolved) take one more hop.
-  // (3) Roots take the smallest key (extract_block) of their component, an atomic minimum that is
-  // rarely contended: keys grow with the run index. (4) Those keys, ranked in raster order through a
-  // bitmap, give the roots their labels; the write pass looks every run's label up at its root.
+  // Once a run's root is known, the root takes the smaller of its key and the run's (extract_block):
+  // an atomic minimum, rarely contended, as keys grow with the run index. (3) The roots' final keys,
+  // ranked in raster order through a bitmap, are their labels; the write pass looks every run's
+  // label up at its root.
   cc_index_t* parent = t.parent.get();
   uint64_t* first = t.first.get();
   const int64_t R = t.total;
@@ -871,7 +872,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   Scratch<cc_index_t> before(map_words);  // roots in earlier words
   t.label.reset(R);
   cc_index_t* label = t.label.get();  // at roots only
-  const int64_t chunk = 1 << 14;
   std::vector<std::vector<cc_index_t>> roots(threads);  // per thread, of its range
   std::vector<cc_index_t> counted(threads + 1, 0);      // per thread, roots in its words of the bitmap
 #pragma omp parallel num_threads(threads)
@@ -879,12 +879,23 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
     auto range = [&](int64_t k, int64_t n) { return std::make_pair(k * n / nt, (k + 1) * n / nt); };
     std::vector<cc_index_t>& mine = roots[me];
+    // first[r] = min(first[r], f), atomically: a root may be reached from several ranges at once.
+    auto lower_first = [first](cc_index_t r, uint64_t f) {
+      uint64_t cur = __atomic_load_n(&first[r], __ATOMIC_RELAXED);
+      while (f < cur && !__atomic_compare_exchange_n(&first[r], &cur, f, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      }
+    };
     {
       const auto [lo, hi] = range(me, R);
       for (int64_t p = lo; p < hi; ++p) {
         const cc_index_t up = parent[p];
-        if (up == static_cast<cc_index_t>(p)) mine.push_back(up);
-        if (up >= lo) parent[p] = parent[up];
+        if (up == static_cast<cc_index_t>(p)) {
+          mine.push_back(up);
+        } else if (up >= lo) {
+          const cc_index_t r = parent[up];
+          parent[p] = r;
+          if (r >= lo) lower_first(r, first[p]);  // else r is a pointer into an earlier range
+        }
       }
     }
 #pragma omp for schedule(static)
@@ -894,16 +905,11 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
 #pragma omp for schedule(static)
       for (int64_t p = lo; p < hi; ++p) {
         const cc_index_t up = parent[p];
-        if (up < lo) parent[p] = parent[up];
-      }
-    }
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t p = 0; p < R; ++p) {
-      const cc_index_t r = parent[p];
-      const uint64_t f = first[p];
-      if (r == static_cast<cc_index_t>(p)) continue;
-      uint64_t cur = __atomic_load_n(&first[r], __ATOMIC_RELAXED);
-      while (f < cur && !__atomic_compare_exchange_n(&first[r], &cur, f, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        if (up < lo) {
+          const cc_index_t r = parent[up];
+          parent[p] = r;
+          lower_first(r, first[p]);
+        }
       }
     }
     for (const cc_index_t r : mine)
