@@ -64,10 +64,10 @@ struct Grid {
 Grid grid_of(const int64_t shape[3]) { return Grid{shape[0], shape[1], shape[2]}; }
 
 // Parallel decomposition. Slabs of consecutive rows are scanned independently and stitched at their
-// seams; there are a few per thread, handed out dynamically, so that a thread the OS preempts (other
-// jobs on a 2-core machine) delays the others by one slab, not by its whole share. Row loops go in
-// chunks of kRowChunk rows, also dynamically.
-constexpr int kSlabsPerThread = 4;
+// seams (sequentially, so each seam costs a little); there are two per thread, handed out
+// dynamically, so that a thread the OS preempts (other jobs on a 2-core machine) delays the others by
+// one slab, not by its whole share. Row loops go in chunks of kRowChunk rows, also dynamically.
+constexpr int kSlabsPerThread = 2;
 constexpr int64_t kRowChunk = 64;
 
 // Threads for a volume: one below 2^16 voxels, where a second thread costs more than it saves.
