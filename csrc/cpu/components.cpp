@@ -42,14 +42,6 @@
 
 #include "fastseg/components.h"
 #include "scratch.h"
-#ifdef FASTSEG_CC_TIMING
-#include <chrono>
-#include <cstdio>
-struct PhaseTimer { std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now(); void lap(const char* n) { auto u = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.2f ", n, std::chrono::duration<double, std::milli>(u - t).count()); t = u; } ~PhaseTimer() { std::fprintf(stderr, "\n"); } };
-#define LAP(n) pt.lap(n)
-#else
-#define LAP(n)
-#endif
 
 namespace fastseg::cpu {
 
@@ -241,7 +233,7 @@ void link_rows(cc_index_t* parent, const int32_t* start, const int32_t* stop, co
     // Runs that end before run j can reach them end before every later run of the row too.
     while (k < ke && stop[k] + reach <= s) ++k;
     for (int64_t i = k; i < ke && start[i] < e; ++i)
-      if (kBinary || key[i] == key[j]) unite_splicing(parent, static_cast<cc_index_t>(j), static_cast<cc_index_t>(i));
+      if (kBinary || key[i] == key[j]) merge<true>(parent, static_cast<cc_index_t>(j), static_cast<cc_index_t>(i), SerialLink{});
   }
 }
 
@@ -623,12 +615,6 @@ BlockView block_view(const BlockRuns& t, BlockScratch& s, int64_t bk, int64_t Z,
   return {o, ids};
 }
 
-#ifdef FASTSEG_CC_TIMING
-static int64_t g_merges, g_dups, g_links;
-#define MERGE(a, b) do { ++g_merges; unite_splicing(parent, a, b); } while (0)
-#else
-#define MERGE(a, b) unite_splicing(parent, a, b)
-#endif
 // Links the OR-runs of block (Z, Y) to those of its earlier neighbours whose block index is in
 // [nlo, nhi).
 //
@@ -683,16 +669,16 @@ void link_block(BlockRuns& t, BlockScratch& s, int64_t Z, int64_t Y, int64_t nlo
       const uint64_t a_before = (a << 1) | carry_a;  // bit x: A[x - 1]
       for (uint64_t e = a & ~a_before; e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
-        MERGE(c[x], n[x]);
+        unite_splicing(parent, c[x], n[x]);
       }
       carry_a = a >> 63;
       for (uint64_t e = fcw & ~on & left & ~a_before; e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
-        MERGE(c[x], n[x - 1]);
+        unite_splicing(parent, c[x], n[x - 1]);
       }
       for (uint64_t e = fcw & ~on & right & ~(a >> 1); e; e &= e - 1) {
         const int x = __builtin_ctzll(e);
-        MERGE(c[x], n[x + 1]);
+        unite_splicing(parent, c[x], n[x + 1]);
       }
     }
   }
@@ -792,14 +778,10 @@ inline void write_masked_row(const uint64_t* fg, const cc_index_t* lab, int64_t 
 
 template <typename Key, typename T>
 int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, const Key& key) {
-#ifdef FASTSEG_CC_TIMING
-  PhaseTimer pt;
-#endif
   BlockRuns t;
   if (grid.D * grid.H * grid.W == 0) return 0;
   BitRows bits;
   pack_rows(in, grid, key, bits);
-  LAP("pack");
   BlockGrid& g = t.g;
   g.D = grid.D, g.H = grid.H, g.W = grid.W, g.bz = connectivity == 26 ? 2 : 1, g.bits = &bits;
   g.BZ = (g.D + g.bz - 1) / g.bz;
@@ -829,7 +811,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
   t.stop.reset(t.total);
   t.parent.reset(t.total);
   t.first.reset(t.total);
-  LAP("count");
 
   // Extract and link, slab by slab; the seams after.
 #pragma omp parallel num_threads(threads)
@@ -844,7 +825,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
       }
     }
   }
-  LAP("slabs");
   {
     BlockScratch scratch(words, 0);
     for (int64_t sl = 1; sl < slabs; ++sl) {
@@ -853,10 +833,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     }
   }
 
-  LAP("link");
-#ifdef FASTSEG_CC_TIMING
-  { int64_t roots = 0; for (int64_t p = 0; p < t.total; ++p) roots += t.parent[p] == p; fprintf(stderr, "runs %ld merges %ld dups %ld roots %ld ", (long)t.total, (long)g_merges, (long)g_dups, (long)roots); g_merges = g_dups = 0; }
-#endif
   // Flatten, in parallel over ranges of runs. (1) Each thread resolves its range in index order:
   // parent[p] < p, so parent[parent[p]] is already a root of the range, or a pointer into an earlier
   // range. (2) Range by range, pointers into earlier ranges (by then resolved) take one more hop.
@@ -935,10 +911,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     }
   }
   t.n = counted[threads];
-  LAP("rank");
-#ifdef FASTSEG_CC_TOUCH
-  memset(out, 0, g.D * g.H * g.W * 4); LAP("touch");
-#endif
+
   // Write the labels, block by block: the block's OR-runs paint their labels into a row of W
   // entries (gaps keep stale values), and each voxel row of the block is that row masked by its bits.
 #pragma omp parallel num_threads(threads)
@@ -957,7 +930,6 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     _mm_sfence();
 #endif
   }
-  LAP("write");
   return t.n;
 }
 

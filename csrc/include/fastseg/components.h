@@ -24,10 +24,13 @@
 // smaller, so every tree's root is its smallest index, and since indices follow raster order, a
 // component's root is its first voxel (CUDA) or first run (CPU). Renumbering roots in index order
 // therefore gives raster-order labels on both devices (the CPU's row-block variant, whose blocks are
-// not in raster order, ranks each component's first voxel instead; components.cpp explains). merge() is written once against a `Link`
-// policy: SerialLink (CPU, one writer per tree) stores the new parent; the CUDA launcher passes an
-// atomicMin-based link, and merge() then retries when another thread re-linked the root it was about
-// to link (the lock-free union of Playne & Hawick and of Allegretti et al.'s BUF).
+// not in raster order, ranks each component's first voxel instead; components.cpp explains).
+//
+// merge() is written once against a `Link` policy: SerialLink (the CPU's run labeller, one writer
+// per tree) stores the new parent; the CUDA launcher passes an atomicMin-based link, and merge() then
+// retries when another thread re-linked the root it was about to link (the lock-free union of
+// Playne & Hawick and of Allegretti et al.'s BUF). unite_splicing() is the single-writer union of the
+// CPU's row-block labeller, whose calls mostly find the two nodes already joined.
 #pragma once
 
 #include <cstdint>
