@@ -281,6 +281,43 @@ def test_block_runs_cross_words(rng, shape, connectivity):
     check_labelling(noisy if connectivity == 26 else noisy.reshape(-1, shape[2]), connectivity, with_cc3d=connectivity == 26)
 
 
+def test_cached_outputs_never_alias(rng):
+    # Labels come from the scratch cache and go back to it when freed: live results must keep their
+    # own memory, and a recycled block must be fully rewritten.
+    volumes = [rng.random((30, 40, 70)) < d for d in (0.2, 0.5, 0.05)]
+    refs = [cc3d.connected_components(v, connectivity=26) for v in volumes]
+    first, _ = connected_components(volumes[0], 26)
+    second, _ = connected_components(volumes[1], 26)
+    assert not np.shares_memory(first, second)
+    assert np.array_equal(first, refs[0]) and np.array_equal(second, refs[1])
+    del first
+    third, _ = connected_components(volumes[2], 26)  # may reuse the first result's block
+    assert np.array_equal(third, refs[2]) and np.array_equal(second, refs[1])
+
+
+def test_release_cached_memory(rng):
+    x = rng.random((64, 64, 64)) < 0.3
+    labels, _ = connected_components(x, 26)
+    del labels
+    assert cc_ops.release_cached_memory() >= 64**3 * 4  # at least the labels' block was cached
+    assert cc_ops.release_cached_memory() == 0
+    labels, n = connected_components(x, 26)
+    ref, m = ndimage.label(x, STRUCTURES[26])
+    assert n == m and np.array_equal(canonical(labels), canonical(ref))
+
+
+def test_concurrent_calls_share_the_cache(rng):
+    # The GIL is released while labelling: callers on several Python threads take and return
+    # blocks of the (locked) cache at the same time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    volumes = [rng.random((24, 50, 90)) < d for d in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)] * 3
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda v: connected_components(v, 26), volumes))
+    for v, (labels, n) in zip(volumes, results):
+        assert np.array_equal(labels, cc3d.connected_components(v, connectivity=26))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_block_path_seams_per_thread_count(rng, threads):
     # Slab seams of the bit-packed path (26-connectivity): the seam pass rebuilds run tables that the

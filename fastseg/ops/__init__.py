@@ -7,6 +7,7 @@ from fastseg.ops.components import (
     component_stats,
     connected_components,
     fill_holes,
+    release_cached_memory,
     remove_all_but_largest_component,
 )
 from fastseg.ops.export import export_segmentation
@@ -27,6 +28,7 @@ __all__ = [
     "gaussian_importance_map",
     "normalize",
     "normalize_accumulated",
+    "release_cached_memory",
     "remove_all_but_largest_component",
     "resample",
     "separate_z_axis",
