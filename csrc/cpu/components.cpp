@@ -25,7 +25,8 @@
 // bit-packed rows, where the runs are those of 2 x 2 blocks of rows (see "runs of row blocks" below).
 // Hole filling and nnU-Net's largest-component filter reuse steps 1-4 on their own keys (background,
 // membership in a label set). Statistics (component_stats) are one more pass, run by run, over a
-// label volume.
+// label volume. The run tables are scratch memory recycled between calls (scratch.h): at tens of MB
+// per volume, mapping them fresh each time would cost a third of a labelling.
 #include <omp.h>
 
 #include <algorithm>
