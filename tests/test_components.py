@@ -423,6 +423,48 @@ def test_stats_match_numpy(rng, shape):
     assert (labels[stats.slices(i)] == i).sum() == counts[i - 1]
 
 
+def fast_reference_stats(labels: np.ndarray, n: int, image: np.ndarray):
+    """Counts (bincount), boxes (scipy's find_objects) and first-voxel values (np.unique's first index)."""
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=n + 1)[1:]
+    boxes = np.array(
+        [[s.start for s in sl] + [s.stop for s in sl] for sl in ndimage.find_objects(labels.astype(np.int64))],
+        dtype=np.int64,
+    ).reshape(n, -1)
+    flat = labels.ravel()
+    found, first = np.unique(flat, return_index=True)
+    values = image.ravel()[first[found != 0]]
+    return counts, boxes, values
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param((17, 19, 23), id="odd"),
+        pytest.param((8, 10, 130), id="x-130"),
+        pytest.param((5, 7, 64), id="x-64"),
+        pytest.param((1, 33, 200), id="one-plane"),
+        pytest.param((45, 38), id="2d"),
+    ],
+)
+@pytest.mark.parametrize("density", [0.1, 0.4])
+def test_stats_in_the_labelling_pass(rng, shape, density):
+    # Statistics come from the run tables while labelling: the row-block path (bool masks, 26 / 8),
+    # the run path (6 / 18 / 4 and label maps), runs across words and longer than a word.
+    x = rng.random(shape) < density
+    if len(shape) == 3:
+        x |= x_segments(rng, shape, count=shape[0] * shape[1] // 3 + 1, max_len=140)
+    maps = (rng.integers(1, 4, size=shape) * x).astype(np.uint16)
+    for image, connectivities in ((x, cc_ops.CONNECTIVITIES[len(shape)]), (maps, cc_ops.CONNECTIVITIES[len(shape)][:1])):
+        for connectivity in connectivities:
+            labels, n, stats = connected_components(image, connectivity, return_stats=True)
+            counts, boxes, values = fast_reference_stats(labels, n, image)
+            assert np.array_equal(stats.counts, counts), connectivity
+            assert np.array_equal(stats.bboxes, boxes), connectivity
+            assert stats.values.dtype == image.dtype and np.array_equal(stats.values, values), connectivity
+            separate = component_stats(labels, n, image=image)  # the separate pass over the labels
+            assert np.array_equal(separate.counts, stats.counts) and np.array_equal(separate.values, stats.values)
+
+
 def test_stats_standalone(rng):
     labels = rng.integers(0, 6, size=(10, 11, 12)).astype(np.int64)
     labels[labels == 3] = 0  # a label that does not occur: count 0, zero box

@@ -91,18 +91,29 @@ void check_connectivity(int connectivity) {
           "connectivity must be 26, 18 or 6 (3D) or 8 or 4 (in-plane), got " + std::to_string(connectivity));
 }
 
-py::tuple connected_components(const py::array& x, int connectivity, bool binary) {
+py::tuple connected_components(const py::array& x, int connectivity, bool binary, bool stats) {
   const auto shape = volume_shape(x, "x");
   check_connectivity(connectivity);
   py::array_t<cc_index_t> labels = scratch_array<cc_index_t>(shape);
   cc_index_t* out = labels.mutable_data();
   const void* in = x.data();
-  const int64_t n = dispatch_width(x, [&](auto tag) {
+  return dispatch_width(x, [&](auto tag) {
     using T = element_t<decltype(tag)>;
-    py::gil_scoped_release release;
-    return cpu::connected_components<T>(static_cast<const T*>(in), out, shape.data(), connectivity, binary);
+    cpu::ComponentTable<T> table;
+    int64_t n;
+    {
+      py::gil_scoped_release release;
+      n = cpu::connected_components<T>(static_cast<const T*>(in), out, shape.data(), connectivity, binary,
+                                       stats ? &table : nullptr);
+    }
+    if (!stats) return py::tuple(py::make_tuple(labels, n));
+    py::array_t<int64_t> count(n), bbox({n, int64_t{6}});
+    py::array value(x.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
+    std::copy(table.count.begin(), table.count.end(), count.mutable_data());
+    std::copy(table.bbox.begin(), table.bbox.end(), bbox.mutable_data());
+    std::copy(table.value.begin(), table.value.end(), static_cast<T*>(value.mutable_data()));
+    return py::tuple(py::make_tuple(labels, n, count, bbox, value));
   });
-  return py::make_tuple(labels, n);
 }
 
 py::tuple component_stats(const py::array& labels, int64_t n, const py::object& image) {
@@ -176,7 +187,9 @@ py::array fill_holes(const py::array& mask, int connectivity) {
 
 void register_components(py::module_& m) {
   m.def("connected_components", &connected_components, py::arg("x"), py::arg("connectivity"), py::arg("binary"),
-        "Labels (D, H, W) integer/bool x: returns (uint32 labels, n), components 1..n in raster order.");
+        py::arg("stats") = false,
+        "Labels (D, H, W) integer/bool x: returns (uint32 labels, n), components 1..n in raster order; with "
+        "stats also (count [n], bbox [n, 6], value [n] of x's dtype), gathered while labelling.");
   m.def("component_stats", &component_stats, py::arg("labels"), py::arg("n"), py::arg("image") = py::none(),
         "Per label 1..n: (count [n], bbox [n, 6] as z0, y0, x0, z1, y1, x1, value [n] of image's dtype).");
   m.def("remove_all_but_largest", &remove_all_but_largest, py::arg("seg"), py::arg("members"),

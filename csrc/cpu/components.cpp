@@ -42,9 +42,41 @@
 #endif
 
 #include "fastseg/components.h"
+#include "kernels.h"
 #include "scratch.h"
 
 namespace fastseg::cpu {
+
+// Set bits of each OR-run [start[j], stop[j]) (j < runs) in each of a block's bit rows:
+// total[j] = the run's voxels, hit[j] bit i = row i has voxels in it. Compiled twice on x86-64 Linux,
+// with and without the POPCNT instruction (the loader picks one), so that a portable build still
+// counts bits in one instruction where the CPU has it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("popcnt", "default")))
+#endif
+void count_block_runs(const uint64_t* const* rows, int nrows, const int32_t* start, const int32_t* stop, int64_t runs,
+                      uint32_t* total, uint8_t* hit) {
+  for (int64_t j = 0; j < runs; ++j) {
+    const int64_t s = start[j], e = stop[j], ws = s / 64, we = (e - 1) / 64;
+    const uint64_t head = ~uint64_t{0} << (s % 64), tail = ~uint64_t{0} >> (63 - (e - 1) % 64);
+    uint32_t sum = 0;
+    uint8_t h = 0;
+    for (int i = 0; i < nrows; ++i) {
+      const uint64_t* r = rows[i];
+      int64_t c;
+      if (ws == we) {
+        c = __builtin_popcountll(r[ws] & head & tail);
+      } else {
+        c = __builtin_popcountll(r[ws] & head) + __builtin_popcountll(r[we] & tail);
+        for (int64_t w = ws + 1; w < we; ++w) c += __builtin_popcountll(r[w]);
+      }
+      sum += static_cast<uint32_t>(c);
+      h |= static_cast<uint8_t>((c > 0) << i);
+    }
+    total[j] = sum;
+    hit[j] = h;
+  }
+}
 
 namespace {
 
@@ -69,14 +101,6 @@ int worker_count(int64_t voxels) { return voxels < (int64_t{1} << 16) ? 1 : std:
 int64_t slab_count(int threads, int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>(threads == 1 ? 1 : int64_t{threads} * kSlabsPerThread, rows));
 }
-
-// Per-component statistics of one thread, entry c describing label c + 1.
-template <typename V>
-struct ComponentTable {
-  std::vector<int64_t> count;  // [n] voxels
-  std::vector<int64_t> bbox;   // [n, 6] z0, y0, x0, z1, y1, x1, stops exclusive
-  std::vector<V> value;        // [n] input value of the component's first voxel
-};
 
 // --- run keys: how an input element becomes the key its run is made of (0 = no run) --------------
 
@@ -361,18 +385,71 @@ void write_labels(const T* in, const Key& key, const Runs<typename Key::key_t>& 
 
 // --- statistics ----------------------------------------------------------------------------------
 
-// Accumulates one run [x0, x1) of row (z, y) into entry c of a thread's table.
+// Accumulates `voxels` voxels inside the box [z0, z1) x [y0, y1) x [x0, x1) into entry c of a
+// thread's table; the first call for c also records `value`.
 template <typename V>
-void add_run(ComponentTable<V>& s, int64_t c, int64_t z, int64_t y, int64_t x0, int64_t x1, V value) {
+void add_box(ComponentTable<V>& s, int64_t c, int64_t voxels, int64_t z0, int64_t y0, int64_t x0, int64_t z1,
+             int64_t y1, int64_t x1, V value) {
   int64_t* b = &s.bbox[6 * c];
   if (s.count[c] == 0) {
-    b[0] = z, b[1] = y, b[2] = x0, b[3] = z + 1, b[4] = y + 1, b[5] = x1;
+    b[0] = z0, b[1] = y0, b[2] = x0, b[3] = z1, b[4] = y1, b[5] = x1;
     s.value[c] = value;
   } else {
-    b[0] = std::min(b[0], z), b[1] = std::min(b[1], y), b[2] = std::min(b[2], x0);
-    b[3] = std::max(b[3], z + 1), b[4] = std::max(b[4], y + 1), b[5] = std::max(b[5], x1);
+    b[0] = std::min(b[0], z0), b[1] = std::min(b[1], y0), b[2] = std::min(b[2], x0);
+    b[3] = std::max(b[3], z1), b[4] = std::max(b[4], y1), b[5] = std::max(b[5], x1);
   }
-  s.count[c] += x1 - x0;
+  s.count[c] += voxels;
+}
+
+// One run [x0, x1) of row (z, y).
+template <typename V>
+void add_run(ComponentTable<V>& s, int64_t c, int64_t z, int64_t y, int64_t x0, int64_t x1, V value) {
+  add_box(s, c, x1 - x0, z, y, x0, z + 1, y + 1, x1, value);
+}
+
+// Folds per-thread tables into (count, bbox, value) [n], in thread order: counts add, boxes grow,
+// and each value is that of the first table that saw the component (where threads took shares of
+// the rows in order, the one of its first voxel).
+template <typename V>
+void fold_tables(const std::vector<ComponentTable<V>>& parts, int64_t n, int64_t* count, int64_t* bbox, V* value) {
+  std::fill(count, count + n, int64_t{0});
+  std::fill(bbox, bbox + 6 * n, int64_t{0});
+  std::fill(value, value + n, V(0));
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < n; ++c) {
+    for (const ComponentTable<V>& s : parts) {
+      if (s.count[c] == 0) continue;
+      const int64_t* b = &s.bbox[6 * c];
+      int64_t* d = bbox + 6 * c;
+      if (count[c] == 0) {
+        std::copy(b, b + 6, d);
+        value[c] = s.value[c];
+      } else {
+        for (int a = 0; a < 3; ++a) d[a] = std::min(d[a], b[a]), d[a + 3] = std::max(d[a + 3], b[a + 3]);
+      }
+      count[c] += s.count[c];
+    }
+  }
+}
+
+// Statistics of labelled runs (parent[j] = label): each thread takes a share of the rows in order.
+template <typename K, typename T>
+void stats_of_runs(const T* in, const Runs<K>& t, ComponentTable<T>& out) {
+  const int64_t H = t.g.H, W = t.g.W, n = t.n;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(worker_count(t.rows * W), t.rows)));
+  std::vector<ComponentTable<T>> parts(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int s = omp_get_thread_num();
+    ComponentTable<T>& mine = parts[s];
+    mine.reset(n);
+    const int64_t lo = s * t.rows / threads, hi = (s + 1) * t.rows / threads;
+    for (int64_t r = lo; r < hi; ++r)
+      for (int64_t j = t.offset[r]; j < t.offset[r + 1]; ++j)
+        add_run<T>(mine, static_cast<int64_t>(t.parent[j]) - 1, r / H, r % H, t.start[j], t.stop[j], in[r * W + t.start[j]]);
+  }
+  out.reset(n);
+  fold_tables(parts, n, out.count.data(), out.bbox.data(), out.value.data());
 }
 
 // --- hole filling and largest-component filtering, on labelled runs ------------------------------
@@ -777,8 +854,60 @@ inline void write_masked_row(const uint64_t* fg, const cc_index_t* lab, int64_t 
   for (int64_t x = w * kWord; x < W; ++x) dst[x] = lab[x] & (0u - static_cast<cc_index_t>((fg[x / kWord] >> (x % kWord)) & 1));
 }
 
+// Statistics of labelled OR-runs, each thread over a share of the blocks: a run adds the voxels of
+// its rows and the box of the rows that have some, over [start, stop) in x. Values: the input at each
+// component's first voxel, found from its root's key (extract_block): the first voxel of that row at
+// or after the key's x.
+template <typename T>
+void block_stats(const T* in, const BlockRuns& t, const std::vector<std::vector<cc_index_t>>& roots, int threads,
+                 ComponentTable<T>& out) {
+  const BlockGrid& g = t.g;
+  const int64_t n = t.n;
+  const cc_index_t* parent = t.parent.get();
+  const cc_index_t* label = t.label.get();
+  std::vector<ComponentTable<T>> parts(threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int me = omp_get_thread_num(), nt = omp_get_num_threads();
+    ComponentTable<T>& mine = parts[me];
+    mine.reset(n);
+    std::vector<uint32_t> total(g.W / 2 + 2);
+    std::vector<uint8_t> hit(g.W / 2 + 2);
+    const int64_t lo = me * t.blocks / nt, hi = (me + 1) * t.blocks / nt;
+    for (int64_t bk = lo; bk < hi; ++bk) {
+      const int64_t j0 = t.offset[bk], runs = t.offset[bk + 1] - j0;
+      if (runs == 0) continue;
+      const int64_t Z = bk / g.BY, Y = bk % g.BY, z = g.bz * Z, y = 2 * Y;
+      const uint64_t* rows[4];
+      const int nr = g.block_rows(Z, Y, rows);
+      count_block_runs(rows, nr, t.start.get() + j0, t.stop.get() + j0, runs, total.data(), hit.data());
+      for (int64_t k = 0; k < runs; ++k) {
+        const int64_t j = j0 + k;
+        const unsigned h = hit[k];  // bit 2a + b: row (z + a, y + b)
+        const int64_t z0 = z + ((h & 3u) ? 0 : 1), z1 = z + ((h & 12u) ? 2 : 1);
+        const int64_t y0 = y + ((h & 5u) ? 0 : 1), y1 = y + ((h & 10u) ? 2 : 1);
+        add_box<T>(mine, static_cast<int64_t>(label[parent[j]]) - 1, total[k], z0, y0, t.start[j], z1, y1, t.stop[j], T(0));
+      }
+    }
+  }
+  out.reset(n);
+  fold_tables(parts, n, out.count.data(), out.bbox.data(), out.value.data());
+  const int64_t W = g.W;
+  for (const std::vector<cc_index_t>& mine : roots)
+    for (const cc_index_t r : mine) {
+      const uint64_t f = t.first[r];
+      const int64_t row = static_cast<int64_t>(f) / W;
+      const uint64_t* bitsrow = g.bits->row(row);
+      int64_t x = static_cast<int64_t>(f) % W;
+      uint64_t word = bitsrow[x / kWord] & (~uint64_t{0} << (x % kWord));
+      for (int64_t w = x / kWord; word == 0;) word = bitsrow[++w], x = w * kWord;
+      x = (x / kWord) * kWord + __builtin_ctzll(word);
+      out.value[label[r] - 1] = in[row * W + x];
+    }
+}
+
 template <typename Key, typename T>
-int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, const Key& key) {
+int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, const Key& key, ComponentTable<T>* stats) {
   BlockRuns t;
   if (grid.D * grid.H * grid.W == 0) return 0;
   BitRows bits;
@@ -912,6 +1041,7 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
     }
   }
   t.n = counted[threads];
+  if (stats) block_stats(in, t, roots, threads, *stats);
 
   // Write the labels, block by block: the block's OR-runs paint their labels into a row of W
   // entries (gaps keep stale values), and each voxel row of the block is that row masked by its bits.
@@ -939,18 +1069,22 @@ int64_t label_blocks(const T* in, cc_index_t* out, Grid grid, int connectivity, 
 // --- launchers (declared in bind_components.cpp) ----------------------------------------------------
 
 template <typename T>
-int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary) {
+int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary,
+                             ComponentTable<T>* stats) {
   const Grid g = grid_of(shape);
-  if (binary && (connectivity == 26 || connectivity == 8)) return label_blocks(in, out, g, connectivity, NonzeroKey<T>{});
+  if (binary && (connectivity == 26 || connectivity == 8))
+    return label_blocks(in, out, g, connectivity, NonzeroKey<T>{}, stats);
   if (binary) {
     Runs<uint8_t> t;
     label_runs(in, g, connectivity, NonzeroKey<T>{}, t);
     write_labels(in, NonzeroKey<T>{}, t, out);
+    if (stats) stats_of_runs(in, t, *stats);
     return t.n;
   }
   Runs<T> t;
   label_runs(in, g, connectivity, ValueKey<T>{}, t);
   write_labels(in, ValueKey<T>{}, t, out);
+  if (stats) stats_of_runs(in, t, *stats);
   return t.n;
 }
 
@@ -967,9 +1101,7 @@ uint64_t component_stats(const L* labels, const V* image, const int64_t shape[3]
   {
     const int s = omp_get_thread_num();
     ComponentTable<V>& mine = parts[s];
-    mine.count.assign(n, 0);
-    mine.bbox.assign(6 * n, 0);
-    mine.value.assign(n, V(0));
+    mine.reset(n);
     const int64_t lo = s * rows / threads, hi = (s + 1) * rows / threads;
     for (int64_t r = lo; r < hi; ++r) {
       const L* row = labels + r * W;
@@ -985,24 +1117,7 @@ uint64_t component_stats(const L* labels, const V* image, const int64_t shape[3]
       }
     }
   }
-  std::fill(count, count + n, int64_t{0});
-  std::fill(bbox, bbox + 6 * n, int64_t{0});
-  std::fill(value, value + n, V(0));
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < n; ++c) {
-    for (const ComponentTable<V>& s : parts) {
-      if (s.count[c] == 0) continue;
-      const int64_t* b = &s.bbox[6 * c];
-      int64_t* d = bbox + 6 * c;
-      if (count[c] == 0) {
-        std::copy(b, b + 6, d);
-        value[c] = s.value[c];
-      } else {
-        for (int a = 0; a < 3; ++a) d[a] = std::min(d[a], b[a]), d[a + 3] = std::max(d[a + 3], b[a + 3]);
-      }
-      count[c] += s.count[c];
-    }
-  }
+  fold_tables(parts, n, count, bbox, value);
   return *std::max_element(beyond.begin(), beyond.end());
 }
 
@@ -1052,7 +1167,7 @@ void fill_holes(const T* mask, uint8_t* out, const int64_t shape[3], int connect
 }
 
 #define FASTSEG_INSTANTIATE_CC(T)                                                                          \
-  template int64_t connected_components<T>(const T*, cc_index_t*, const int64_t[3], int, bool);          \
+  template int64_t connected_components<T>(const T*, cc_index_t*, const int64_t[3], int, bool, ComponentTable<T>*);          \
   template void remove_all_but_largest<T>(const T*, T*, const int64_t[3], const T*, int64_t, T, int);    \
   template void fill_holes<T>(const T*, uint8_t*, const int64_t[3], int);                                \
   template uint64_t component_stats<uint8_t, T>(const uint8_t*, const T*, const int64_t[3], int64_t,     \

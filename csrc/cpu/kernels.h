@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "fastseg/components.h"
 #include "fastseg/inference.h"
@@ -48,10 +49,25 @@ int64_t normalize_apply(const T* x, float* out, const uint8_t* mask, int64_t n, 
 
 // --- connected components (components.cpp) ---------------------------------------------------
 
+// Per-component statistics, entry c describing label c + 1.
+template <typename V>
+struct ComponentTable {
+  std::vector<int64_t> count;  // [n] voxels
+  std::vector<int64_t> bbox;   // [n, 6] z0, y0, x0, z1, y1, x1, stops exclusive
+  std::vector<V> value;        // [n] input value at the component's first voxel
+  void reset(int64_t n) {
+    count.assign(n, 0);
+    bbox.assign(6 * n, 0);
+    value.assign(n, V(0));
+  }
+};
+
 // labels: out [D, H, W], 0 for background, components 1..n in raster order of their first voxel.
 // binary: every nonzero voxel is foreground; else voxels connect only when their values are equal.
+// stats (may be null): filled from the run tables as the labels are made, without reading them back.
 template <typename T>
-int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary);
+int64_t connected_components(const T* in, cc_index_t* out, const int64_t shape[3], int connectivity, bool binary,
+                             ComponentTable<T>* stats = nullptr);
 // Per label 1..n of labels [D, H, W]: count [n], bbox [n, 6] (z0, y0, x0, z1, y1, x1, stops
 // exclusive), value [n] (image at the component's first voxel; 1 when image is null). Returns the
 // largest label above n that was found (and skipped), 0 when there is none.

@@ -130,7 +130,9 @@ def connected_components(x: Any, connectivity: int | None = None, *, return_stat
         connectivity: neighbours that connect: 26 (faces, edges, corners), 18 (faces, edges) or 6
             (faces) in 3D; 8 or 4 in 2D. Default None: the full one (26 in 3D, 8 in 2D).
         return_stats: also return a :class:`ComponentStats` (voxel counts, bounding boxes and the
-            input value of each component), at the cost of one more pass over the labels.
+            input value of each component). On the CPU they are gathered from the labeller's run
+            tables in the same call, without reading the labels back; on CUDA by one more kernel
+            over the labels.
 
     Returns:
         ``(labels, n)``, or ``(labels, n, stats)`` with ``return_stats``. ``labels`` has ``x``'s shape:
@@ -165,11 +167,12 @@ def connected_components(x: Any, connectivity: int | None = None, *, return_stat
         return labels, n
     a = to_numpy(x)
     vol = _volume(a)
-    labels, n = _native.cpu().connected_components(vol, connectivity, binary)
-    result = (_labels_kind(labels.reshape(a.shape), kind), int(n))
-    if return_stats:
-        return result + (_stats_cpu(labels, int(n), vol, ndim, kind),)
-    return result
+    if not return_stats:
+        labels, n = _native.cpu().connected_components(vol, connectivity, binary)
+        return _labels_kind(labels.reshape(a.shape), kind), int(n)
+    # Statistics come from the labeller's run tables, in the same pass (no second read of the labels).
+    labels, n, counts, bbox, values = _native.cpu().connected_components(vol, connectivity, binary, True)
+    return _labels_kind(labels.reshape(a.shape), kind), int(n), _stats_of(counts, bbox, values, ndim, kind)
 
 
 def release_cached_memory() -> int:
@@ -188,9 +191,14 @@ def _check_size(x, is_torch: bool) -> None:
 def _stats_cpu(labels: np.ndarray, n: int, image: np.ndarray | None, ndim: int, kind) -> ComponentStats:
     """Statistics of (D, H, W) labels, image (D, H, W) or None, handed back in `kind`."""
     counts, bbox, values = _native.cpu().component_stats(labels, n, image)
+    return _stats_of(counts, bbox, values if image is not None else None, ndim, kind)
+
+
+def _stats_of(counts: np.ndarray, bbox: np.ndarray, values: np.ndarray | None, ndim: int, kind) -> ComponentStats:
+    """ComponentStats from native (n,) counts, (n, 6) boxes and (n,) values, in `kind`; 2D drops z."""
     if ndim == 2:
         bbox = np.ascontiguousarray(bbox[:, [1, 2, 4, 5]])
-    return ComponentStats(back(counts, kind), back(bbox, kind), back(values, kind) if image is not None else None)
+    return ComponentStats(back(counts, kind), back(bbox, kind), back(values, kind) if values is not None else None)
 
 
 def component_stats(labels: Any, n: int | None = None, *, image: Any = None) -> ComponentStats:
