@@ -84,6 +84,15 @@ py::array_t<T> scratch_array(const std::array<int64_t, 3>& shape) {
   return py::array_t<T>({shape[0], shape[1], shape[2]}, static_cast<T*>(owned->base), release);
 }
 
+// A numpy array over a Scratch's memory (no copy), which returns to the cache when numpy frees it.
+template <typename T>
+py::array_t<T> scratch_to_numpy(cpu::Scratch<T>&& data, std::vector<py::ssize_t> shape) {
+  if (data.get() == nullptr) return py::array_t<T>(shape);  // no elements
+  auto* owned = new cpu::Scratch<T>(std::move(data));
+  py::capsule release(owned, [](void* p) { delete static_cast<cpu::Scratch<T>*>(p); });
+  return py::array_t<T>(shape, owned->get(), release);
+}
+
 void check_connectivity(int connectivity) {
   int hops;
   bool volumetric;
@@ -107,11 +116,9 @@ py::tuple connected_components(const py::array& x, int connectivity, bool binary
                                        stats ? &table : nullptr);
     }
     if (!stats) return py::tuple(py::make_tuple(labels, n));
-    py::array_t<int64_t> count(n), bbox({n, int64_t{6}});
-    py::array value(x.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
-    std::copy(table.count.begin(), table.count.end(), count.mutable_data());
-    std::copy(table.bbox.begin(), table.bbox.end(), bbox.mutable_data());
-    std::copy(table.value.begin(), table.value.end(), static_cast<T*>(value.mutable_data()));
+    py::array count = scratch_to_numpy(std::move(table.count), {n});
+    py::array bbox = scratch_to_numpy(std::move(table.bbox), {n, int64_t{6}});
+    py::array value = scratch_to_numpy(std::move(table.value), {n}).attr("view")(x.dtype());
     return py::tuple(py::make_tuple(labels, n, count, bbox, value));
   });
 }

@@ -449,7 +449,7 @@ void stats_of_runs(const T* in, const Runs<K>& t, ComponentTable<T>& out) {
         add_run<T>(mine, static_cast<int64_t>(t.parent[j]) - 1, r / H, r % H, t.start[j], t.stop[j], in[r * W + t.start[j]]);
   }
   out.reset(n);
-  fold_tables(parts, n, out.count.data(), out.bbox.data(), out.value.data());
+  fold_tables(parts, n, out.count.get(), out.bbox.get(), out.value.get());
 }
 
 // --- hole filling and largest-component filtering, on labelled runs ------------------------------
@@ -891,7 +891,7 @@ void block_stats(const T* in, const BlockRuns& t, const std::vector<std::vector<
     }
   }
   out.reset(n);
-  fold_tables(parts, n, out.count.data(), out.bbox.data(), out.value.data());
+  fold_tables(parts, n, out.count.get(), out.bbox.get(), out.value.get());
   const int64_t W = g.W;
   for (const std::vector<cc_index_t>& mine : roots)
     for (const cc_index_t r : mine) {

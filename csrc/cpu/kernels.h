@@ -2,12 +2,13 @@
 // bindings in module.cpp validate and allocate.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "fastseg/components.h"
 #include "fastseg/inference.h"
 #include "fastseg/normalize.h"
+#include "scratch.h"
 
 namespace fastseg::cpu {
 
@@ -49,16 +50,19 @@ int64_t normalize_apply(const T* x, float* out, const uint8_t* mask, int64_t n, 
 
 // --- connected components (components.cpp) ---------------------------------------------------
 
-// Per-component statistics, entry c describing label c + 1.
+// Per-component statistics, entry c describing label c + 1, in scratch memory (scratch.h): tables of
+// a few hundred thousand components would otherwise spend longer faulting in pages than filling them.
+// reset() zeroes the counts only; a box and a value are meaningful where the count is not 0.
 template <typename V>
 struct ComponentTable {
-  std::vector<int64_t> count;  // [n] voxels
-  std::vector<int64_t> bbox;   // [n, 6] z0, y0, x0, z1, y1, x1, stops exclusive
-  std::vector<V> value;        // [n] input value at the component's first voxel
+  Scratch<int64_t> count;  // [n] voxels
+  Scratch<int64_t> bbox;   // [n, 6] z0, y0, x0, z1, y1, x1, stops exclusive
+  Scratch<V> value;        // [n] input value at the component's first voxel
   void reset(int64_t n) {
-    count.assign(n, 0);
-    bbox.assign(6 * n, 0);
-    value.assign(n, V(0));
+    count.reset(n);
+    bbox.reset(6 * n);
+    value.reset(n);
+    std::fill(count.get(), count.get() + n, int64_t{0});
   }
 };
 
