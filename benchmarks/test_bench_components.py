@@ -97,6 +97,29 @@ def test_connected_components_26_cold_cache(bench, volumes, impl):
     bench(fns[impl], rounds=3 if impl == "scipy" else 7, setup=empty_cache, bytes=x.nbytes + 4 * x.size, **info)
 
 
+@pytest.mark.parametrize("impl", ["fastseg", "cc3d", "scipy"])
+def test_connected_components_with_stats(bench, volumes, impl):
+    """Labels plus voxel counts and bounding boxes: fastseg gathers them while labelling; cc3d and
+    scipy take a second pass over the labels (cc3d.statistics; find_objects + bincount)."""
+    x = volumes["noise 20%"]
+
+    def scipy_stats():
+        labels, n = ndimage.label(x, FULL)
+        return labels, ndimage.find_objects(labels), np.bincount(labels.ravel())
+
+    def cc3d_stats():
+        labels = cc3d.connected_components(x, connectivity=26)
+        return labels, cc3d.statistics(labels, no_slice_conversion=True)
+
+    fns = {"fastseg": lambda: connected_components(x, 26, return_stats=True), "cc3d": cc3d_stats, "scipy": scipy_stats}
+    _, n, stats = connected_components(x, 26, return_stats=True)
+    if impl == "cc3d":
+        ref = cc3d_stats()[1]["voxel_counts"][1:]
+        assert np.array_equal(stats.counts, ref)
+    info = {"op": "connected_components 26 + counts + boxes, noise 20%", "shape": SHAPE, "dtype": "bool", "impl": impl}
+    bench(fns[impl], rounds=3 if impl == "scipy" else 7, bytes=x.nbytes + 4 * x.size, **info)
+
+
 @pytest.mark.parametrize("impl", ["fastseg", "nnunetv2"])
 def test_remove_all_but_largest(bench, volumes, impl):
     seg = volumes["label map"]
