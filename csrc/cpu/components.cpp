@@ -828,26 +828,21 @@ inline void write_masked_row(const uint64_t* fg, const cc_index_t* lab, int64_t 
       {0, 0, ~0u, 0}, {~0u, 0, ~0u, 0}, {0, ~0u, ~0u, 0}, {~0u, ~0u, ~0u, 0},
       {0, 0, 0, ~0u}, {~0u, 0, 0, ~0u}, {0, ~0u, 0, ~0u}, {~0u, ~0u, 0, ~0u},
       {0, 0, ~0u, ~0u}, {~0u, 0, ~0u, ~0u}, {0, ~0u, ~0u, ~0u}, {~0u, ~0u, ~0u, ~0u}};
-  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
-    // Streaming stores: the output is written once and not read back here, so it need not be
-    // fetched into the cache first (half the memory traffic). The caller fences.
-    for (; (w + 1) * kWord <= W; ++w) {
-      const uint64_t f = fg[w];
-      __m128i* d = reinterpret_cast<__m128i*>(dst + w * kWord);
-      const __m128i* l = reinterpret_cast<const __m128i*>(lab + w * kWord);
-      for (int q = 0; q < kWord / 4; ++q) {
-        const __m128i m = _mm_load_si128(reinterpret_cast<const __m128i*>(kLanes[(f >> (4 * q)) & 15]));
-        _mm_stream_si128(d + q, _mm_and_si128(_mm_loadu_si128(l + q), m));
-      }
-    }
-  }
+  // Streaming stores where dst is 16-byte aligned: the output is written once and not read back
+  // here, so it need not be fetched into the cache first (half the memory traffic). The caller fences.
+  const bool stream = (reinterpret_cast<uintptr_t>(dst) & 15) == 0;
   for (; (w + 1) * kWord <= W; ++w) {
     const uint64_t f = fg[w];
     __m128i* d = reinterpret_cast<__m128i*>(dst + w * kWord);
     const __m128i* l = reinterpret_cast<const __m128i*>(lab + w * kWord);
     for (int q = 0; q < kWord / 4; ++q) {
       const __m128i m = _mm_load_si128(reinterpret_cast<const __m128i*>(kLanes[(f >> (4 * q)) & 15]));
-      _mm_storeu_si128(d + q, _mm_and_si128(_mm_loadu_si128(l + q), m));
+      const __m128i v = _mm_and_si128(_mm_loadu_si128(l + q), m);
+      if (stream) {
+        _mm_stream_si128(d + q, v);
+      } else {
+        _mm_storeu_si128(d + q, v);
+      }
     }
   }
 #endif
