@@ -507,22 +507,6 @@ inline uint64_t start_bits(const uint64_t* o, int64_t w) {
   return o[w] & ~((o[w] << 1) | carry);
 }
 
-// Per byte value b (8 voxels): mask[b][k] = all ones where bit k is set; prefix[b][k] = set bits
-// among bits 0..k.
-struct ByteTables {
-  uint32_t mask[256][8];
-  uint8_t prefix[256][8];
-  ByteTables() {
-    for (int b = 0; b < 256; ++b)
-      for (int k = 0, c = 0; k < 8; ++k) {
-        c += (b >> k) & 1;
-        mask[b][k] = ((b >> k) & 1) ? 0xFFFFFFFFu : 0u;
-        prefix[b][k] = static_cast<uint8_t>(c);
-      }
-  }
-};
-const ByteTables kByteTables;
-
 // The mask as bit rows: bit x of row r is word x / 64 of row r. Each row (and each scratch row) carries
 // kPad zero words after its `words`, so that a scan may read word w + 1 of its last word and word
 // `words` itself (where the ends of runs that reach W fall). Row `rows` is all zero and stands for
