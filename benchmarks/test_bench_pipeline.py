@@ -47,7 +47,7 @@ def opt_in(request):
 @pytest.fixture(scope="module")
 def raw_root(tmp_path_factory) -> Path:
     from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
-    from fastseg.preprocess.scheduler import default_num_workers
+    from fastseg.runtime.workers import default_num_workers
 
     root = tmp_path_factory.mktemp("raw")
     write_synthetic_dataset(root / NAME, SyntheticConfig(num_cases=NUM_CASES, ct=True, shape=SHAPE, name="BenchCT"), num_processes=default_num_workers())
@@ -55,7 +55,7 @@ def raw_root(tmp_path_factory) -> Path:
 
 
 def _workers() -> int:
-    from fastseg.preprocess.scheduler import default_num_workers
+    from fastseg.runtime.workers import default_num_workers
 
     return default_num_workers()
 

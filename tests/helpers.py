@@ -55,3 +55,31 @@ def hook_fail_on_c1(case):
     if case.identifier == "c1":
         raise ZeroDivisionError("boom")
     return case.identifier
+
+
+# --- worker functions for tests/test_workers.py (importable by worker processes) -------------------
+
+
+def package_file() -> str:
+    """The fastseg package file this process imported."""
+    import fastseg
+
+    return fastseg.__file__
+
+
+def mark_and_sleep(folder: str, seconds: float) -> None:
+    """Writes '<pid> <parent pid>' into a file named after this process, then sleeps."""
+    import os
+    import time
+    from pathlib import Path
+
+    (Path(folder) / str(os.getpid())).write_text(f"{os.getpid()} {os.getppid()}")
+    time.sleep(seconds)
+
+
+def kill_self(_: int) -> None:
+    """Dies the way the out-of-memory killer ends a process."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -19,7 +19,7 @@ import pytest
 
 from fastseg.plan.fingerprint import aggregate, analyze_case, case_order, extract_fingerprint, samples_per_case
 from fastseg.plan.intensity import ValueCounts, channel_statistics, draw_samples
-from fastseg.preprocess.crop import crop_to_nonzero, fill_holes
+from fastseg.ops.crop import crop_to_nonzero, fill_holes
 
 fe = pytest.importorskip("nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor")
 cropping = pytest.importorskip("nnunetv2.preprocessing.cropping.cropping")

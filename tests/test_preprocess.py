@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +21,6 @@ from fastseg.plan.planner import PlannerOptions, plan_experiment
 from fastseg.preprocess.case import preprocess_case, preprocess_case_multi
 from fastseg.preprocess.caseplan import CasePlan
 from fastseg.preprocess.locations import classes_to_sample, sample_class_locations
-from fastseg.preprocess.scheduler import CaseError, Job, run_jobs
 from fastseg.preprocess.storage import (
     case_identifiers,
     decode_location_key,
@@ -272,7 +269,7 @@ def compare_with_nnunet(work, raw, configurations) -> None:
     ],
 )
 def test_plan_and_preprocess_dataset_match_nnunet(tmp_path, config, workers):
-    from fastseg.plan.workflow import plan_dataset
+    from fastseg.workflow import plan_dataset
     from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
 
     raw = write_dataset(tmp_path, **config)
@@ -288,7 +285,7 @@ def test_plan_and_preprocess_dataset_match_nnunet(tmp_path, config, workers):
 
 
 def test_interrupted_run_leaves_no_partial_case_and_rerun_resumes(tmp_path, monkeypatch):
-    from fastseg.plan.workflow import plan_dataset
+    from fastseg.workflow import plan_dataset
     from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
 
     raw = write_dataset(tmp_path, num_cases=3, ct=True, shape=(16, 40, 40))
@@ -345,37 +342,9 @@ def test_save_case_validates_and_round_trips(tmp_path, rng):
         save_case(tmp_path, "d", data, seg.astype(np.int32), props)
 
 
-# --- the worker pool ------------------------------------------------------------------------------------
-
-
-def test_memory_budget_limits_concurrency():
-    list(run_jobs(abs, [Job("warm-a", (-1,)), Job("warm-b", (-2,))], 2, progress=False))  # start the fork server
-    nap = 1.5
-    jobs = [Job("a", (nap,), memory_bytes=600), Job("b", (nap,), memory_bytes=600)]
-    start = time.perf_counter()
-    assert sorted(k for k, _ in run_jobs(time.sleep, jobs, 2, memory_budget=1000, progress=False)) == ["a", "b"]
-    serial = time.perf_counter() - start
-    start = time.perf_counter()
-    list(run_jobs(time.sleep, jobs, 2, memory_budget=2000, progress=False))
-    parallel = time.perf_counter() - start
-    assert serial >= 2 * nap > parallel, (serial, parallel)  # one at a time vs overlapping
-    # A job larger than the whole budget still runs (alone).
-    assert list(run_jobs(abs, [Job("huge", (-3,), 10**12), Job("small", (-4,), 1)], 2, memory_budget=10, progress=False))
-
-
-def test_failing_or_dying_worker_names_the_case():
-    with pytest.raises(CaseError, match="case 'bad': ValueError"):
-        list(run_jobs(int, [Job("good", ("1",)), Job("bad", ("x",))], 2, progress=False))
-    with pytest.raises(CaseError, match="case 'bad': ValueError"):
-        list(run_jobs(int, [Job("good", ("1",)), Job("bad", ("x",))], 1, progress=False))
-    with pytest.raises(CaseError, match="died"):
-        list(run_jobs(os._exit, [Job("dies", (3,)), Job("dies-too", (3,))], 2, progress=False))
-    with pytest.raises(ValueError, match="num_workers must be >= 1"):
-        list(run_jobs(abs, [Job("a", (1,))], 0))
-
-
 def test_properties_json_is_json_dumps(rng):
-    from fastseg.preprocess.storage import _properties_json, _to_json
+    from fastseg.io.atomic import json_default as _to_json
+    from fastseg.preprocess.storage import _properties_json
 
     props = {
         "spacing": [1.5, 0.75, 0.75],
@@ -393,11 +362,3 @@ def test_properties_json_is_json_dumps(rng):
     props["class_locations"]["0"] = np.array([-1, 2])  # negative numbers too
     assert _properties_json(props) == json.dumps(props, default=_to_json)
     assert _properties_json({1: "int keys"}) == json.dumps({1: "int keys"})
-
-
-def test_fork_server_started_early_serves_run_jobs():
-    from fastseg.preprocess.scheduler import start_fork_server
-
-    started = start_fork_server(["fastseg.preprocess.scheduler"])
-    assert started == sys.platform.startswith("linux")
-    assert dict(run_jobs("math:sqrt", [Job("a", (4.0,)), Job("b", (9.0,))], 2)) == {"a": 2.0, "b": 3.0}

@@ -453,7 +453,7 @@ def test_analyze_hook_errors_name_the_case(tmp_path):
 
 
 def test_plan_fails_before_writing_when_verification_fails(tmp_path):
-    from fastseg.plan.workflow import plan_dataset
+    from fastseg.workflow import plan_dataset
 
     root = make_dataset(tmp_path / "ds")
     write_nii(root / "labelsTr" / "c1.nii.gz", seg_with(7))

@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
     from fastseg.plan.planner import PlannerOptions
     from fastseg.plan.plans import format_summary
-    from fastseg.plan.workflow import plan_dataset
-    from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
-    from fastseg.preprocess.scheduler import default_num_workers
+    from fastseg.runtime.workers import default_num_workers
+    from fastseg.workflow import prepare_dataset
 
     out = Path(args.output)
     raw, work = out / "raw" / DATASET_NAME, out / "work" / DATASET_NAME
@@ -54,12 +53,8 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic_dataset(raw, config, num_processes=workers, overwrite=True)
     seconds["generate"] = time.perf_counter() - t
 
-    result = plan_dataset(raw, work, PlannerOptions(planner=args.planner), num_processes=workers)
+    result, reports = prepare_dataset(raw, work, PlannerOptions(planner=args.planner), num_processes=workers)
     seconds.update(result.seconds)
-
-    t = time.perf_counter()
-    reports = preprocess_dataset(work, raw, PreprocessOptions(num_processes=workers))
-    seconds["preprocess"] = time.perf_counter() - t
 
     print()
     print(f"plans ({args.planner}) for {DATASET_NAME}, {config.num_cases} cases:")

@@ -17,7 +17,7 @@ def reports_errors(run):
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
-        from fastseg.preprocess.scheduler import CaseError
+        from fastseg.runtime.workers import CaseError
 
         try:
             return run(args)
@@ -29,19 +29,19 @@ def reports_errors(run):
     return wrapper
 
 
-#: What the workers of `plan` (verification with fingerprinting, `fastseg.plan.workflow`) import.
+#: What the workers of `plan` (verification with fingerprinting, `fastseg.workflow`) import.
 WORKER_MODULES = ("fastseg.io.verify", "fastseg.io.sitk_format", "fastseg.plan.fingerprint")
 
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
-    from fastseg.preprocess.scheduler import default_num_workers, start_fork_server
+    from fastseg.runtime.workers import default_num_workers, start_fork_server
 
     if (args.num_processes or default_num_workers()) > 1:
         start_fork_server(WORKER_MODULES)  # starts while the planner is imported
     from fastseg.plan.planner import PlannerOptions
     from fastseg.plan.plans import format_summary
-    from fastseg.plan.workflow import plan_dataset
+    from fastseg.workflow import plan_dataset
 
     options = PlannerOptions(planner=args.planner, gpu_memory_gb=args.gpu_memory_gb)
     result = plan_dataset(

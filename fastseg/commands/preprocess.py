@@ -10,7 +10,7 @@ from fastseg.commands.plan import positive_gb, positive_int, reports_errors
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
-    from fastseg.preprocess.scheduler import default_num_workers, start_fork_server
+    from fastseg.runtime.workers import default_num_workers, start_fork_server
 
     if (args.num_processes or default_num_workers()) > 1:
         # fastseg.preprocess.runner's workers; the server starts while the runner is imported.

@@ -29,7 +29,7 @@ import numpy as np
 
 from fastseg.io.dataset_json import make_dataset_json, write_dataset_json
 from fastseg.io.errors import DatasetError
-from fastseg.io.parallel import parallel_map
+from fastseg.runtime.workers import parallel_map
 from fastseg.io.raw_writer import staged_dataset, verify_staged, write_case
 from fastseg.io.report import VerificationReport
 

@@ -40,7 +40,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike, *, indent: int = 4) -> None:
-    """Writes `obj` as JSON (tuples become lists), atomically."""
+def json_default(o: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: numpy arrays, scalars and paths as plain JSON."""
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"cannot store a {type(o).__name__} in JSON")
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike, *, sort_keys: bool = False, indent: int | None = 4) -> Path:
+    """Writes `obj` as JSON (tuples become lists, numpy values plain numbers), atomically.
+
+    Args:
+        obj: the content.
+        path: the file; its folder must exist.
+        sort_keys, indent: as in `json.dumps`.
+
+    Returns:
+        `path` as a Path.
+    """
+    # json.dumps (not json.dump) runs the C encoder.
+    text = json.dumps(obj, sort_keys=sort_keys, indent=indent, default=json_default) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+        tmp.write_text(text)
+    return Path(path)

@@ -25,11 +25,10 @@ from pathlib import Path
 
 from fastseg.io.dataset_json import json_problem, read_dataset_json
 from fastseg.io.errors import DatasetError
+from fastseg.io.format_base import TIFF_ENDINGS
 from fastseg.io.formats import ImageFormat, reader_for
 from fastseg.io.labels import LabelSpec, LabelValue
 from fastseg.io.report import Problem
-
-_TIFF_ENDINGS = (".tif", ".tiff")
 
 
 @dataclass
@@ -157,7 +156,7 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _is_sidecar(name: str, ending: str) -> bool:
-    return ending.lower() in _TIFF_ENDINGS and name.endswith(".json")
+    return ending.lower() in TIFF_ENDINGS and name.endswith(".json")
 
 
 def _scan_images(

@@ -20,54 +20,16 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
-from typing import Literal, Protocol
 
-import numpy as np
-
-Role = Literal["image", "seg"]
-
-_SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
-_NATURAL_ENDINGS = (".png", ".bmp")
-_TIFF_ENDINGS = (".tif", ".tiff")
-
-#: Every file ending fastseg reads and writes, longest first so `.nii.gz` wins over `.gz`.
-SUPPORTED_FILE_ENDINGS = tuple(sorted(_SITK_ENDINGS + _NATURAL_ENDINGS + _TIFF_ENDINGS, key=len, reverse=True))
-
-
-class ImageFormat(Protocol):
-    """A reader/writer for one family of file endings."""
-
-    name: str
-    file_endings: tuple[str, ...]
-
-    def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
-        """One file -> (array (C, z, y, x) in the file's dtype, properties with at least 'spacing')."""
-        ...
-
-    def write(self, array: np.ndarray, path: Path, properties: dict, role: Role) -> None:
-        """Writes (z, y, x) or (y, x) (natural images also (C, y, x) with C in 3, 4), atomically."""
-        ...
-
-
-def split_ending(path: str | os.PathLike) -> tuple[str, str]:
-    """Splits a file name into (stem, ending), recognising the supported endings case-insensitively.
-
-    Args:
-        path: a file path or name.
-
-    Returns:
-        `("case_0000", ".nii.gz")` for `.../case_0000.nii.gz`. An unsupported name splits at its
-        last dot (`("notes", ".txt")`), or returns `(name, "")` when it has none.
-    """
-    name = Path(path).name
-    lower = name.lower()
-    for ending in SUPPORTED_FILE_ENDINGS:
-        if lower.endswith(ending) and len(name) > len(ending):
-            return name[: -len(ending)], name[-len(ending) :]
-    stem, dot, ext = name.rpartition(".")
-    return (stem, dot + ext) if dot and stem else (name, "")
-
+from fastseg.io.format_base import (  # noqa: F401 -- Role and ImageFormat are part of this module's surface
+    NATURAL_ENDINGS,
+    SITK_ENDINGS,
+    SUPPORTED_FILE_ENDINGS,
+    TIFF_ENDINGS,
+    ImageFormat,
+    Role,
+    split_ending,
+)
 
 def reader_for(file_ending: str) -> ImageFormat:
     """The format that reads and writes files with this ending.
@@ -83,15 +45,15 @@ def reader_for(file_ending: str) -> ImageFormat:
         ValueError: for an ending no format supports; the message lists the supported ones.
     """
     ending = str(file_ending).lower()
-    if ending in _SITK_ENDINGS:
+    if ending in SITK_ENDINGS:
         from fastseg.io.sitk_format import SimpleITKFormat
 
         return SimpleITKFormat()
-    if ending in _NATURAL_ENDINGS:
+    if ending in NATURAL_ENDINGS:
         from fastseg.io.natural2d import NaturalImage2DFormat
 
         return NaturalImage2DFormat()
-    if ending in _TIFF_ENDINGS:
+    if ending in TIFF_ENDINGS:
         from fastseg.io.tiff import TiffFormat
 
         return TiffFormat()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,3 +155,20 @@ def write_image(image: np.ndarray, path: PathLike, properties: dict) -> None:
     if not (image.ndim == 4 and image.shape[0] in (3, 4) and image.shape[1] == 1):
         image = _squeeze_channel(image, "image")
     format_of(path).write(image, path, properties, "image")
+
+
+def image_voxels(path: str | os.PathLike) -> int:
+    """Voxels (times components) of an image file, from its header when SimpleITK can read one,
+    else a guess from the file size (two voxels per byte: compressed 16-bit data)."""
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return int(math.prod(reader.GetSize()) * reader.GetNumberOfComponents())
+    except (RuntimeError, OSError, ImportError):  # unsupported format or no header: fall back to the size
+        try:
+            return 2 * os.path.getsize(path)
+        except OSError:
+            return 0

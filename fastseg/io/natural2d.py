@@ -17,7 +17,7 @@ import numpy as np
 from fastseg.io.atomic import atomic_path
 from fastseg.io.dtypes import seg_storage_dtype
 from fastseg.io.errors import ImageFileError
-from fastseg.io.formats import Role
+from fastseg.io.format_base import Role
 
 #: The spacing nnU-Net assigns to 2D natural images, (z, y, x).
 NATURAL_SPACING = (999.0, 1.0, 1.0)

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from fastseg.io.atomic import atomic_path
 from fastseg.io.dtypes import image_storage_array, seg_storage_dtype
 from fastseg.io.errors import ImageFileError
-from fastseg.io.formats import Role
+from fastseg.io.format_base import Role
 from fastseg.io.integrity import truncation_problem
 
 #: nnU-Net's spacing for the dummy axis of 2D images is this factor times the largest in-plane spacing.

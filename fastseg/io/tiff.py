@@ -28,7 +28,7 @@ import numpy as np
 from fastseg.io.atomic import atomic_path, write_json_atomic
 from fastseg.io.dtypes import image_storage_array, seg_storage_dtype
 from fastseg.io.errors import ImageFileError
-from fastseg.io.formats import Role, split_ending
+from fastseg.io.format_base import Role, split_ending
 from fastseg.io.natural2d import NATURAL_SPACING, natural_array, natural_pixels
 
 logger = logging.getLogger(__name__)

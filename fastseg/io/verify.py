@@ -37,7 +37,7 @@ from fastseg.io.formats import format_of
 from fastseg.io.geometry import compare_geometry
 from fastseg.io.images import stack_channels
 from fastseg.io.integrity import nifti_nonfinite_voxels
-from fastseg.io.parallel import parallel_map
+from fastseg.runtime.workers import parallel_map
 from fastseg.io.report import Problem, VerificationReport
 
 logger = logging.getLogger(__name__)

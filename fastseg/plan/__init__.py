@@ -4,9 +4,11 @@
 - `fastseg.plan.planner`: fingerprint + dataset.json + options -> plans (nnU-Net's planners' rules).
 - `fastseg.plan.topology`, `fastseg.plan.vram`: the U-Net topology and memory-proxy rules.
 - `fastseg.plan.plans`: reading plans (inheritance, summaries).
-- `fastseg.plan.workflow`: `plan_dataset`, what `fastseg plan` runs.
+- `fastseg.plan.workdir`: the work folder's file names.
 
-Names are imported lazily, so `import fastseg.plan` stays cheap.
+`fastseg.workflow` (what `fastseg plan` runs: verify -> fingerprint -> plan) sits above this package
+and `fastseg.preprocess`; this package imports neither. Names are imported lazily, so
+`import fastseg.plan` stays cheap.
 """
 
 from __future__ import annotations
@@ -23,19 +25,15 @@ _EXPORTS = {
     "load_plans": "fastseg.plan.plans",
     "resolve_configuration": "fastseg.plan.plans",
     "format_summary": "fastseg.plan.plans",
-    "plan_dataset": "fastseg.plan.workflow",
-    "PlanResult": "fastseg.plan.workflow",
 }
 
 __all__ = [
     "PLANNERS",
-    "PlanResult",
     "PlannerOptions",
     "extract_fingerprint",
     "format_summary",
     "load_fingerprint",
     "load_plans",
-    "plan_dataset",
     "plan_experiment",
     "resolve_configuration",
     "save_fingerprint",

@@ -1,6 +1,6 @@
 """Dataset fingerprint: what the planner needs to know about a dataset, in nnU-Net v2's schema.
 
-Per training case (in parallel over cases): crop to the nonzero region (`fastseg.preprocess.crop`:
+Per training case (in parallel over cases): crop to the nonzero region (`fastseg.ops.crop`:
 the bounding box of "any channel != 0"), record the shape after cropping, the spacing and the
 fraction of voxels the crop kept, and draw a fixed number of foreground intensities per channel
 (foreground = label > 0 inside the crop).
@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from fastseg.io.images import image_voxels
 from fastseg.plan.intensity import channel_statistics, draw_samples
-from fastseg.preprocess.crop import bounding_box, box_slices, nonzero_mask
-from fastseg.preprocess.memory import image_voxels
-from fastseg.preprocess.scheduler import Job, default_num_workers, run_jobs
-from fastseg.preprocess.storage import write_json_atomic
+from fastseg.ops.crop import bounding_box, box_slices, nonzero_mask
+from fastseg.runtime.workers import Job, default_num_workers, run_jobs
+from fastseg.io.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def fingerprint_from_cases(dataset: Any, cases: Mapping[str, CaseFingerprint]) -
 def workers_within_memory(dataset: Any, num_processes: int, memory_budget: int | None = None) -> int:
     """How many of `num_processes` workers may fingerprint cases at once without the largest cases
     together exceeding `memory_budget` (default: 75 % of the available memory); at least 1."""
-    from fastseg.preprocess.scheduler import available_memory
+    from fastseg.runtime.workers import available_memory
 
     channels = _num_channels(dataset.dataset_json)
     peak = max((_case_memory(c.images, channels) for c in dataset.cases.values() if c.images), default=0)

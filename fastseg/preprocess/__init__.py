@@ -2,9 +2,10 @@
 
 - `fastseg.preprocess.caseplan`, `fastseg.preprocess.case`: one configuration's settings (`CasePlan`)
   and one case in memory (`preprocess_case`); `fastseg.preprocess.worker`: one case file to files.
-- `fastseg.preprocess.crop`, `fastseg.preprocess.locations`: nnU-Net's cropping and class-location rules.
+- `fastseg.preprocess.locations`: nnU-Net's class-location rule (cropping is `fastseg.ops.crop`,
+  shared with the fingerprint).
 - `fastseg.preprocess.storage`: the on-disk case (.npy, _seg.npy, .json), atomic writes, loading.
-- `fastseg.preprocess.scheduler`, `fastseg.preprocess.memory`: worker pool under a memory budget.
+- `fastseg.preprocess.memory`: the memory estimate the worker pool (`fastseg.runtime.workers`) budgets with.
 - `fastseg.preprocess.runner`: `preprocess_dataset`, what `fastseg preprocess` runs.
 
 Names are imported lazily, so `import fastseg.preprocess` stays cheap.
@@ -18,7 +19,7 @@ _EXPORTS = {
     "CasePlan": "fastseg.preprocess.caseplan",
     "preprocess_case": "fastseg.preprocess.case",
     "preprocess_case_multi": "fastseg.preprocess.case",
-    "crop_to_nonzero": "fastseg.preprocess.crop",
+    "crop_to_nonzero": "fastseg.ops.crop",
     "sample_class_locations": "fastseg.preprocess.locations",
     "classes_to_sample": "fastseg.preprocess.locations",
     "load_case": "fastseg.preprocess.storage",

@@ -21,7 +21,7 @@ import numpy as np
 
 from fastseg.ops import compute_new_shape, normalize, resample, separate_z_axis
 from fastseg.preprocess.caseplan import CasePlan
-from fastseg.preprocess.crop import crop_to_nonzero
+from fastseg.ops.crop import crop_to_nonzero
 from fastseg.preprocess.locations import sample_class_locations
 
 

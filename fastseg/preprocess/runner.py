@@ -6,7 +6,7 @@ per configuration (`fastseg.preprocess.storage`).
 
 Each case is read once and preprocessed into every requested configuration (transpose, crop and
 normalization are shared; only resampling and location sampling are per configuration). Cases run
-in worker processes under a memory budget (`fastseg.preprocess.scheduler`), largest first; the
+in worker processes under a memory budget (`fastseg.runtime.workers`), largest first; the
 estimate per case comes from the fingerprint's cropped shape and the configurations' spacings.
 Finished cases (complete files written with the same plans) are skipped, so an interrupted run
 resumes where it stopped.
@@ -33,8 +33,9 @@ from fastseg.plan import workdir
 from fastseg.plan.fingerprint import case_order
 from fastseg.plan.plans import data_configurations
 from fastseg.preprocess.caseplan import CasePlan
-from fastseg.preprocess.memory import image_voxels, preprocess_bytes
-from fastseg.preprocess.scheduler import Job, default_num_workers, run_jobs
+from fastseg.io.images import image_voxels
+from fastseg.preprocess.memory import preprocess_bytes
+from fastseg.runtime.workers import Job, default_num_workers, run_jobs
 from fastseg.preprocess.storage import is_complete, remove_temporaries
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def preprocess_dataset(
     Raises:
         FileNotFoundError: plans.json / dataset.json / the raw dataset is missing.
         ValueError: an unknown configuration.
-        fastseg.preprocess.scheduler.CaseError: a case failed (finished cases stay on disk).
+        fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk).
     """
     from fastseg import io as fio
 

@@ -28,36 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from fastseg.io.atomic import atomic_path
+from fastseg.io.atomic import atomic_path, json_default
 
 HASH_KEY = "preprocessing_hash"
 _HEAD = '{"' + HASH_KEY + '": "'
-
-
-def _to_json(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, os.PathLike):
-        return os.fspath(o)
-    raise TypeError(f"cannot store a {type(o).__name__} in JSON")
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike, *, sort_keys: bool = False, indent: int | None = 4) -> Path:
-    """Writes JSON to a temporary file in the target folder, then renames it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    # json.dumps (not json.dump) runs the C encoder: class locations hold ~10^5 numbers per case.
-    text = json.dumps(obj, sort_keys=sort_keys, indent=indent, default=_to_json)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return path
 
 
 _DIGITS: list[str] = []  # _DIGITS[i] == str(i), grown on demand
@@ -80,16 +54,16 @@ def _int_list_json(values: np.ndarray) -> str:
 
 
 def _properties_json(props: Mapping[str, Any]) -> str:
-    """`json.dumps(props, default=_to_json)` (indent None, the same bytes), with the class locations
+    """`json.dumps(props, default=json_default)` (indent None, the same bytes), with the class locations
     (a dict of 1-D int64 arrays) written by `_int_list_json`."""
     if not all(isinstance(k, str) for k in props):
-        return json.dumps(props, default=_to_json)
+        return json.dumps(props, default=json_default)
     parts = []
     for key, value in props.items():
         if key == "class_locations" and all(isinstance(k, str) for k in value):
             text = "{" + ", ".join(f"{json.dumps(k)}: {_int_list_json(v)}" for k, v in value.items()) + "}"
         else:
-            text = json.dumps(value, default=_to_json)
+            text = json.dumps(value, default=json_default)
         parts.append(f"{json.dumps(key)}: {text}")
     return "{" + ", ".join(parts) + "}"
 

@@ -2,7 +2,7 @@
 
 Imports the kernels (`fastseg.preprocess.case`), the SimpleITK reader (which `fastseg.io` loads
 lazily, at the first read) and numpy's random module (class-location sampling) at module level, so
-that the scheduler's fork server loads them once for all workers instead of each worker at its first
+that the worker pool's fork server loads them once for all workers instead of each worker at its first
 case. (Importing SimpleITK starts no threads; what makes forking unsafe is a process that has used
 it, and the fork server never reads an image.)
 """

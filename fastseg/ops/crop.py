@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastseg.ops import fill_holes as ops_fill_holes
+from fastseg.ops.components import fill_holes as ops_fill_holes
 
 #: Value written into the cropped segmentation outside the nonzero mask.
 OUTSIDE_LABEL = -1

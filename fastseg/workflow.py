@@ -1,4 +1,8 @@
-"""`fastseg plan` as a function: verify -> fingerprint -> plan, written into a work folder.
+"""The dataset workflow: verify -> fingerprint -> plan (`plan_dataset`, what `fastseg plan` runs),
+then -> preprocess (`prepare_dataset`, what `fastseg demo` runs).
+
+This module sits above `fastseg.plan` and `fastseg.preprocess`, which do not import each other's
+workflow: `fastseg.preprocess` reads plans, `fastseg.plan` knows nothing of preprocessing.
 
 Verification and the per-case fingerprint share one pass over the files (the verification workers
 fingerprint each case that passes its checks); no file is written unless the whole dataset passes.
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import fastseg
+from fastseg.io.atomic import write_json_atomic
 from fastseg.plan import workdir
 from fastseg.plan.fingerprint import (
     case_order,
@@ -32,7 +37,6 @@ from fastseg.plan.fingerprint import (
     workers_within_memory,
 )
 from fastseg.plan.planner import PlannerOptions, plan_experiment
-from fastseg.preprocess.storage import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +72,11 @@ def verify(
 
     Raises:
         ValueError: the dataset has errors (the report's text is the message).
-        fastseg.preprocess.scheduler.CaseError: `analyze` failed on a case.
+        CaseError: `analyze` failed on a case.
     """
     from fastseg import io as fio
     from fastseg.io.verify import CaseAnalysisError
-    from fastseg.preprocess.scheduler import CaseError
+    from fastseg.runtime.workers import CaseError
 
     try:
         report = fio.verify_dataset(raw_dataset_dir, num_processes, env=env, progress=progress, analyze=analyze)
@@ -114,7 +118,7 @@ def plan_dataset(
         The PlanResult.
     """
     from fastseg import io as fio
-    from fastseg.preprocess.scheduler import default_num_workers
+    from fastseg.runtime.workers import default_num_workers
 
     options = options or PlannerOptions()
     raw = Path(raw_dataset_dir).resolve()
@@ -162,3 +166,37 @@ def plan_dataset(
     seconds["plan"] = time.perf_counter() - t
     logger.info("wrote %s, %s and %s", work / workdir.FINGERPRINT, work / workdir.PLANS, work / workdir.DATASET_JSON)
     return PlanResult(plans, fingerprint, work, seconds)
+
+
+def prepare_dataset(
+    raw_dataset_dir: str | Path,
+    work_dir: str | Path,
+    options: PlannerOptions | None = None,
+    *,
+    configurations: tuple[str, ...] | None = None,
+    num_processes: int | None = None,
+    progress: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[PlanResult, list]:
+    """`plan_dataset`, then `fastseg.preprocess.preprocess_dataset` of the planned configurations.
+
+    Args:
+        raw_dataset_dir, work_dir, options, num_processes, progress, env: as in `plan_dataset`.
+        configurations: configurations to preprocess (default: those `fastseg preprocess` does).
+
+    Returns:
+        (the PlanResult, whose `seconds` gains a "preprocess" entry; the per-configuration
+        `fastseg.preprocess.runner.PreprocessReport`s).
+    """
+    from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
+
+    result = plan_dataset(raw_dataset_dir, work_dir, options, num_processes=num_processes, progress=progress, env=env)
+    t = time.perf_counter()
+    reports = preprocess_dataset(
+        result.work_dir,
+        raw_dataset_dir,
+        PreprocessOptions(configurations=configurations, num_processes=num_processes, progress=progress),
+        env=env,
+    )
+    result.seconds["preprocess"] = time.perf_counter() - t
+    return result, reports

@@ -1,0 +1,5 @@
+"""What every stage needs to run work, below the pipeline stages and above nothing but the OS.
+
+- `fastseg.runtime.workers`: worker processes over cases, under a memory budget (`run_jobs`,
+  `parallel_map`), and how they start, report errors and end.
+"""

@@ -1,0 +1,70 @@
+"""The `fastseg` command as a new user runs it: the installed console script, from the repository root.
+
+The repository root holds the uncompiled `fastseg/` source folder; every process the command starts
+must still import the installed package (`fastseg.runtime.workers`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fastseg_script() -> str:
+    script = Path(sysconfig.get_path("scripts")) / "fastseg"
+    found = str(script) if script.is_file() else shutil.which("fastseg")
+    assert found, "the `fastseg` console script is not installed; run `pip install .`"
+    return found
+
+
+def _fastseg(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_fastseg_script(), *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_repository_root_has_the_source_folder():
+    # What makes the root special: a `fastseg/` folder without the compiled kernels.
+    assert (REPO_ROOT / "fastseg" / "__init__.py").is_file()
+    assert not list((REPO_ROOT / "fastseg").glob("_C*.so"))
+
+
+@pytest.mark.slow
+def test_demo_with_worker_processes_from_the_repository_root(tmp_path):
+    run = _fastseg("demo", "-o", tmp_path / "demo", "--cases", 3, "--shape", 16, 40, 40, "-j", 2)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 worker processes" in run.stdout
+    work = tmp_path / "demo" / "work" / "Dataset900_FastsegDemo"
+    plans = json.loads((work / "plans.json").read_text())
+    folder = work / plans["configurations"]["3d_fullres"]["data_identifier"]
+    assert sorted(p.name for p in folder.glob("*.json")) == ["case_0000.json", "case_0001.json", "case_0002.json"]
+
+
+def test_plan_and_preprocess_from_the_repository_root(tmp_path):
+    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    raw = tmp_path / "Dataset003_Root"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=3, shape=(12, 32, 32)), num_processes=1)
+    work = tmp_path / "work"
+    run = _fastseg("plan", raw, "-o", work, "-j", 2)
+    assert run.returncode == 0, run.stdout + run.stderr
+    run = _fastseg("preprocess", work, "-c", "3d_fullres", "-j", 2)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3d_fullres: 3 cases preprocessed" in run.stdout
+
+
+def test_demo_default_output_folder_is_ignored_by_git():
+    if not (REPO_ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    from fastseg.cli import build_parser
+
+    default = build_parser().parse_args(["demo"]).output
+    run = subprocess.run(["git", "check-ignore", "-q", f"{default}/raw/x.nii.gz"], cwd=REPO_ROOT)
+    assert run.returncode == 0, f"`fastseg demo` writes {default}/ in the repository root, which git does not ignore"
