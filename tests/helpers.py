@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +87,12 @@ def kill_self(_: int) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fastseg_script() -> str:
+    """The installed `fastseg` console script, as a user runs it (not `python -m fastseg.cli`, which
+    would put the working directory, perhaps the source checkout, first on sys.path)."""
+    script = Path(sysconfig.get_path("scripts")) / "fastseg"
+    found = str(script) if script.is_file() else shutil.which("fastseg")
+    assert found, "the `fastseg` console script is not installed; run `pip install .`"
+    return found

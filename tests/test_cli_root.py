@@ -9,24 +9,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import fastseg_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fastseg_script() -> str:
-    script = Path(sysconfig.get_path("scripts")) / "fastseg"
-    found = str(script) if script.is_file() else shutil.which("fastseg")
-    assert found, "the `fastseg` console script is not installed; run `pip install .`"
-    return found
-
-
 def _fastseg(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [_fastseg_script(), *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        [fastseg_script(), *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
+from helpers import fastseg_script
 
 import fastseg
 from fastseg import _native
@@ -26,14 +26,14 @@ def test_cuda_module_imports_without_a_driver():
 
 
 def test_cli_version_and_help():
-    out = subprocess.run([sys.executable, "-m", "fastseg.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([fastseg_script(), "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"fastseg {fastseg.__version__}"
-    out = subprocess.run([sys.executable, "-m", "fastseg.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([fastseg_script(), "--help"], capture_output=True, text=True, check=True)
     assert "info" in out.stdout
 
 
 def test_cli_info_is_json():
     import json
 
-    out = subprocess.run([sys.executable, "-m", "fastseg.cli", "info"], capture_output=True, text=True, check=True)
+    out = subprocess.run([fastseg_script(), "info"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["fastseg"] == fastseg.__version__
