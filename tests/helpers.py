@@ -96,3 +96,12 @@ def fastseg_script() -> str:
     found = str(script) if script.is_file() else shutil.which("fastseg")
     assert found, "the `fastseg` console script is not installed; run `pip install .`"
     return found
+
+
+def timed_nap(seconds: float) -> tuple[float, float]:
+    """Sleeps; returns (start, end) wall-clock times, to see which jobs ran at the same time."""
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()

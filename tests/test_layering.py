@@ -7,7 +7,7 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.io, fastseg.ops                                              files; kernels
     fastseg.plan, fastseg.datasets                                       planning; converters
     fastseg.preprocess                                                   reads plans
-    fastseg.workflow                                                     verify -> plan -> preprocess
+    fastseg.workflow, fastseg.predict                                    verify -> plan -> preprocess; prediction
     fastseg.commands, fastseg.cli                                        the command line
 
 Every `import` counts, also those inside functions (a lazy import is still a dependency).
@@ -34,6 +34,7 @@ RANK = {
     "fastseg.datasets": 3,
     "fastseg.preprocess": 4,
     "fastseg.workflow": 5,
+    "fastseg.predict": 5,
     "fastseg.commands": 6,
     "fastseg.cli": 7,
 }

@@ -1,0 +1,119 @@
+"""`fastseg predict`: segment images with a trained nnU-Net v2 or fastseg model folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fastseg.commands.plan import positive_int, reports_errors
+
+logger = logging.getLogger(__name__)
+
+
+def _fold(text: str) -> str:
+    if text == "all" or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"a fold is a number (0-4) or 'all', got {text!r}")
+
+
+def _step(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"the step size must be in (0, 1], got {value}")
+    return value
+
+
+def _outputs(cases, output: Path, file_ending: str) -> list[Path]:
+    from fastseg.io.formats import split_ending
+
+    if split_ending(output)[1].lower() == file_ending.lower() and not output.is_dir():
+        if len(cases) != 1:
+            raise ValueError(f"-o {output} is a file, but the input holds {len(cases)} cases; give a folder")
+        return [output]
+    return [output / f"{c.identifier}{file_ending}" for c in cases]
+
+
+@reports_errors
+def run(args: argparse.Namespace) -> int:
+    from fastseg.predict.inputs import find_cases
+    from fastseg.predict.model import ModelFolderError
+    from fastseg.predict.predictor import Predictor
+
+    folds = None if args.folds == ["auto"] else args.folds
+    try:
+        predictor = Predictor.from_model_folder(
+            args.model,
+            folds,
+            args.device,
+            checkpoint=args.checkpoint,
+            step_size=args.step_size,
+            tta=not args.no_tta,
+            batch_size=args.batch_size,
+            postprocessing=args.postprocessing,
+        )
+    except ModelFolderError as err:
+        raise ValueError(str(err)) from None
+    model = predictor.model
+    ending = model.dataset_json.get("file_ending", ".nii.gz")
+    cases, problems = find_cases(args.input, model.num_input_channels, ending)
+    for name, problem in problems.items():
+        print(f"error: {name}: {problem}", file=sys.stderr)
+    outputs = _outputs(cases, Path(args.output), ending)
+    print(
+        f"{len(cases)} case(s), model {model.path.name} ({model.configuration}, folds "
+        f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device}, "
+        f"TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}"
+    )
+    report = predictor.predict_cases(
+        cases, outputs, save_probabilities=args.save_probabilities, skip_existing=args.continue_
+    )
+    s = report.seconds
+    print(
+        f"{len(report.written)} written, {len(report.skipped)} already there, {len(report.failed) + len(problems)} failed; "
+        f"time: read+preprocess {s['read']:.1f} s, network {s['network']:.1f} s, export+write {s['write']:.1f} s, "
+        f"total {s['total']:.1f} s"
+    )
+    for identifier, error in report.failed.items():
+        print(f"error: case {identifier}: {error}", file=sys.stderr)
+    return 1 if report.failed or problems else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images with a trained nnU-Net v2 or fastseg model folder",
+        description=(
+            "Segments images with a model folder in nnU-Net v2's layout (<trainer>__<plans>__<configuration>/ with "
+            "plans.json, dataset.json and fold_<k>/checkpoint_final.pth), trained by nnU-Net (any trainer class) or "
+            "fastseg: the network is built from plans.json. Each case is preprocessed as the plans say, predicted "
+            "with a Gaussian-weighted sliding window and mirror test-time augmentation, resampled back and written "
+            "with the input's geometry. A case that cannot be read is reported and skipped; the exit status is 1 "
+            "when any case failed."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  fastseg predict -m results/Dataset001_Heart/nnUNetTrainer__nnUNetPlans__3d_fullres -i imagesTs -o pred\n"
+            "  fastseg predict -m MODEL -i imagesTs -o pred -f 0 1 2 3 4 --save-probabilities\n"
+            "  fastseg predict -m MODEL -i case_0000.nii.gz -o case.nii.gz --no-tta --step-size 0.75"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR", help="trained model folder")
+    p.add_argument("-i", "--input", required=True, nargs="+", metavar="INPUT", help="a folder (case_0000.nii.gz ... per channel) or files")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder (created), or a file for a single case")
+    p.add_argument("-f", "--folds", nargs="+", type=_fold, default=["0"], metavar="FOLD",
+                   help="folds to ensemble, numbers or 'all' (default: 0); their logits are averaged")
+    p.add_argument("--checkpoint", default="final", metavar="final|best|PATH", help="checkpoint to load (default: final)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: cpu)")
+    p.add_argument("--no-tta", action="store_true", help="turn mirror test-time augmentation off (faster, slightly less accurate)")
+    p.add_argument("--step-size", type=_step, default=0.5, metavar="S", help="sliding-window step as a fraction of the patch (default: 0.5)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="network inputs per forward pass (default: 2 tiles with their mirrored copies)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
+    p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
+    p.add_argument("--continue", dest="continue_", action="store_true", help="skip cases whose output exists")
+    p.set_defaults(func=run)

@@ -1,0 +1,344 @@
+"""`Predictor`: a trained model folder applied to images, as a pipeline of stages.
+
+    read + preprocess (a thread)  ->  network (this thread)  ->  export + write (a thread)
+
+Each stage is a plain function (`fastseg.preprocess.case.preprocess_case`,
+`fastseg.predict.sliding.predict_logits`, `fastseg.predict.export.export_case`) and the stages
+are joined by queues of one case, so the next case is read and preprocessed while the network runs
+on the current one and the previous one is exported and written, with at most three cases in
+memory whatever their number. The native kernels and torch release the GIL, so the threads run in
+parallel. Every file is written atomically; a case that cannot be read is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastseg.io.atomic import atomic_path
+from fastseg.predict.export import export_case
+from fastseg.predict.inputs import InputCase
+from fastseg.predict.model import ModelFolder, load_model_folder, load_networks
+from fastseg.predict.sliding import mirror_combinations, predict_logits
+from fastseg.preprocess.caseplan import CasePlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictionReport:
+    """What `Predictor.predict_cases` did.
+
+    Attributes:
+        written: output files written.
+        skipped: cases whose output already existed (`skip_existing`).
+        failed: case identifier -> error message.
+        seconds: wall time per stage summed over cases ("read", "network", "write") and "total".
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "network": 0.0, "write": 0.0, "total": 0.0})
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class Predictor:
+    """A model folder's networks, ready to predict.
+
+    Build it with `Predictor.from_model_folder`; then `predict_array` for an image in memory,
+    `predict_file` for one case's files, `predict_cases` for many.
+    """
+
+    def __init__(
+        self,
+        model: ModelFolder,
+        *,
+        device: str = "cpu",
+        step_size: float = 0.5,
+        tta: bool = True,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        postprocessing: Sequence[dict] = (),
+    ) -> None:
+        import torch
+
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.device = torch.device(device)
+        self.step_size = step_size
+        self.mirror_axes = model.mirror_axes if tta else ()
+        copies = 1 + len(mirror_combinations(self.mirror_axes))
+        self.batch_size = batch_size or min(16, 2 * copies)
+        self.threads = threads
+        self.postprocessing = list(postprocessing)
+        self.case_plan = CasePlan.from_plans(model.plans, model.configuration, model.dataset_json)
+        self.patch_size = tuple(int(p) for p in model.config["patch_size"])
+        self.networks = load_networks(model, self.device)
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        path: str | Path,
+        folds: Sequence[int | str] | None = (0,),
+        device: str = "cpu",
+        *,
+        checkpoint: str = "final",
+        step_size: float = 0.5,
+        tta: bool = True,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        postprocessing: str | Path | None = None,
+    ) -> Predictor:
+        """Loads an nnU-Net v2 or fastseg model folder.
+
+        Args:
+            path: the model folder (`<trainer>__<plans>__<configuration>/`).
+            folds: folds to ensemble (their logits are averaged); None: every fold with the checkpoint.
+            device: "cpu" or "cuda" (default "cpu").
+            checkpoint: "final" (default), "best", or a checkpoint file.
+            step_size: sliding-window step as a fraction of the patch size (default 0.5).
+            tta: mirror test-time augmentation over the checkpoint's allowed axes (default True).
+            batch_size: network inputs per forward pass (default: two tiles with their mirrored copies,
+                at most 16).
+            threads: torch CPU threads while predicting (default: torch's setting).
+            postprocessing: nnU-Net's postprocessing.pkl or fastseg's .json, applied to every label map.
+        """
+        from fastseg.predict.postprocess import load_postprocessing
+
+        steps = load_postprocessing(postprocessing) if postprocessing is not None else ()
+        model = load_model_folder(path, folds, checkpoint)
+        return cls(
+            model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads, postprocessing=steps
+        )
+
+    # --- stages ---------------------------------------------------------------------------------
+
+    def preprocess(self, data: np.ndarray, properties: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
+        """Crop, normalize and resample one image (C, z, y, x) as the plans say."""
+        from fastseg.preprocess.case import preprocess_case
+
+        expected = self.model.num_input_channels
+        if data.ndim != 4 or data.shape[0] != expected:
+            raise ValueError(f"the model takes {expected} channel(s) as (C, z, y, x), got an image of shape {data.shape}")
+        out, _, props = preprocess_case(data, None, properties, self.case_plan)
+        return out, props
+
+    def logits(self, data: np.ndarray, on_tiles=None) -> tuple[np.ndarray, np.ndarray]:
+        """Sliding window over a preprocessed image: (accumulator, weights)."""
+        with _torch_threads(self.threads):
+            return predict_logits(
+                self.networks,
+                data,
+                self.patch_size,
+                self.model.num_outputs,
+                mirror_axes=self.mirror_axes,
+                step_size=self.step_size,
+                batch_size=self.batch_size,
+                device=self.device,
+                on_tiles=on_tiles,
+            )
+
+    def export(self, accumulator, weights, properties, return_probabilities: bool = False):
+        """Labels (postprocessed, when steps were given) and optionally probabilities on the input's grid."""
+        from fastseg.predict.postprocess import apply_postprocessing
+
+        result = export_case(accumulator, weights, properties, self.model, return_probabilities)
+        if not self.postprocessing:
+            return result
+        if return_probabilities:
+            return apply_postprocessing(result[0], self.postprocessing), result[1]
+        return apply_postprocessing(result, self.postprocessing)
+
+    # --- whole cases ------------------------------------------------------------------------------
+
+    def predict_array(
+        self, data: np.ndarray, properties: Mapping[str, Any], return_probabilities: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segments an image held in memory.
+
+        Args:
+            data: (C, z, y, x) image as `fastseg.io.read_images` returns it (2D images (C, 1, y, x)).
+            properties: its properties; needs "spacing" (z, y, x).
+            return_probabilities: also return (C, *spatial) float32 probabilities.
+
+        Returns:
+            The label map (z, y, x) on the input's grid (uint8, uint16 for many labels), and with
+            `return_probabilities` the probabilities too.
+        """
+        pre, props = self.preprocess(np.asarray(data), properties)
+        acc, weights = self.logits(pre)
+        return self.export(acc, weights, props, return_probabilities)
+
+    def predict_file(self, inputs: Sequence[str | Path] | str | Path, output: str | Path, save_probabilities: bool = False) -> Path:
+        """Segments one case (its channel files, in order) into `output` (its ending picks the format)."""
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        case = InputCase(Path(output).name, [Path(p) for p in inputs])
+        report = self.predict_cases([case], [Path(output)], save_probabilities=save_probabilities)
+        if report.failed:
+            raise ValueError(next(iter(report.failed.values())))
+        return report.written[0]
+
+    def predict_cases(
+        self,
+        cases: Sequence[InputCase],
+        outputs: Sequence[Path],
+        *,
+        save_probabilities: bool = False,
+        skip_existing: bool = False,
+        progress: bool | None = None,
+    ) -> PredictionReport:
+        """Segments many cases through the three-stage pipeline.
+
+        Args:
+            cases: the cases (identifier and channel files).
+            outputs: the output file per case (its ending picks the format).
+            save_probabilities: also write nnU-Net's `<output stem>.npz` (probabilities) and `.pkl`
+                (properties) beside each output.
+            skip_existing: leave cases whose output exists alone (`--continue`).
+            progress: a progress bar over cases; None: only when stderr is a terminal.
+
+        Returns:
+            A PredictionReport; a case that failed is in `failed` with its error, the others are written.
+        """
+        import sys
+
+        from tqdm import tqdm
+
+        from fastseg import io as fio
+
+        if len(cases) != len(outputs):
+            raise ValueError(f"need one output per case, got {len(outputs)} outputs for {len(cases)} cases")
+        report = PredictionReport()
+        todo = []
+        for case, out in zip(cases, outputs):
+            if skip_existing and out.is_file():
+                report.skipped.append(case.identifier)
+            else:
+                todo.append((case, out))
+        start = time.perf_counter()
+        loaded: queue.Queue = queue.Queue(maxsize=1)
+        predicted: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def fail(case: InputCase, err: BaseException) -> None:
+            with lock:
+                report.failed[case.identifier] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+            logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
+
+        def read() -> None:
+            for case, out in todo:
+                if stop.is_set():
+                    break
+                t = time.perf_counter()
+                try:
+                    data, props = fio.read_images(case.images)
+                    pre, pprops = self.preprocess(data, props)
+                except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
+                    fail(case, err)
+                    continue
+                finally:
+                    with lock:
+                        report.seconds["read"] += time.perf_counter() - t
+                loaded.put((case, out, pre, pprops))
+            loaded.put(None)
+
+        def write() -> None:
+            while True:
+                item = predicted.get()
+                if item is None:
+                    return
+                case, out, acc, weights, props = item
+                t = time.perf_counter()
+                try:
+                    self._write(out, acc, weights, props, save_probabilities)
+                    with lock:
+                        report.written.append(out)
+                except Exception as err:  # noqa: BLE001
+                    fail(case, err)
+                finally:
+                    with lock:
+                        report.seconds["write"] += time.perf_counter() - t
+                    bar.update()
+
+        disable = not sys.stderr.isatty() if progress is None else not progress
+        with tqdm(total=len(todo), desc="Predicting", unit="case", disable=disable) as bar:
+            reader = threading.Thread(target=read, name="read", daemon=True)
+            writer = threading.Thread(target=write, name="write", daemon=True)
+            reader.start()
+            writer.start()
+            try:
+                while True:
+                    item = loaded.get()
+                    if item is None:
+                        break
+                    case, out, pre, props = item
+                    t = time.perf_counter()
+                    try:
+                        acc, weights = self.logits(pre)
+                    except Exception as err:  # noqa: BLE001
+                        fail(case, err)
+                        bar.update()
+                        continue
+                    finally:
+                        report.seconds["network"] += time.perf_counter() - t
+                    del pre
+                    predicted.put((case, out, acc, weights, props))
+            finally:
+                stop.set()
+                with contextlib.suppress(queue.Empty):
+                    while True:  # unblock the reader if it waits to hand over a case
+                        loaded.get_nowait()
+                predicted.put(None)
+                writer.join()
+                reader.join()
+        failed_first = {k: report.failed[k] for k in sorted(report.failed)}
+        report.failed = failed_first
+        report.seconds["total"] = time.perf_counter() - start
+        return report
+
+    def _write(self, out: Path, acc, weights, props, save_probabilities: bool) -> None:
+        from fastseg import io as fio
+        from fastseg.io.formats import split_ending
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not save_probabilities:
+            fio.write_seg(self.export(acc, weights, props), out, props)
+            return
+        labels, probs = self.export(acc, weights, props, return_probabilities=True)
+        stem = out.with_name(split_ending(out)[0])
+        with atomic_path(stem.with_suffix(".npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=probs)
+        with atomic_path(stem.with_suffix(".pkl")) as tmp:
+            tmp.write_bytes(pickle.dumps(dict(props)))
+        fio.write_seg(labels, out, props)
