@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.experiment_planning import verify_dataset_integrity as vdi
+from nnunetv2.utilities import utils as nnunet_utils
 
 from fastseg.commands import convert as convert_command
 from fastseg.datasets.dicom import convert_dicom, list_dicom_series
@@ -85,8 +87,6 @@ class _SerialContext:
 
 
 def test_medsam_2d_rgb_and_gray(tmp_path, rng, monkeypatch):
-    vdi = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
-    nnunet_utils = pytest.importorskip("nnunetv2.utilities.utils")
     monkeypatch.setattr(vdi.multiprocessing, "get_context", lambda *_: _SerialContext())
     monkeypatch.setattr(nnunet_utils, "Pool", _SerialPool)
     for kind, imgs in (

@@ -8,15 +8,15 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from helpers import requires_cuda_kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resampling
+from nnunetv2.utilities.label_handling import label_handling
 
 from fastseg.ops.export import export_segmentation
 
-torch = pytest.importorskip("torch")
-nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
-label_handling = pytest.importorskip("nnunetv2.utilities.label_handling.label_handling")
 
 REGION_DICT = {"background": 0, "whole": (1, 2, 3), "core": (2, 3), "enhancing": (3,)}
 REGION_ORDER = [1, 2, 3]

@@ -16,13 +16,13 @@ from multiprocessing.pool import ThreadPool
 
 import numpy as np
 import pytest
+from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor as fe
+from nnunetv2.preprocessing.cropping import cropping
 
 from fastseg.plan.fingerprint import aggregate, analyze_case, case_order, extract_fingerprint, samples_per_case
 from fastseg.plan.intensity import ValueCounts, channel_statistics, draw_samples
 from fastseg.preprocess.crop import crop_to_nonzero, fill_holes
 
-fe = pytest.importorskip("nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor")
-cropping = pytest.importorskip("nnunetv2.preprocessing.cropping.cropping")
 
 STATS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
 
 from fastseg.ops import normalize
 
-schemes = pytest.importorskip("nnunetv2.preprocessing.normalization.default_normalization_schemes")
 
 CT_PROPS = {"mean": 50.3, "std": 210.7, "percentile_00_5": -900.0, "percentile_99_5": 1100.0}
 
@@ -62,7 +63,6 @@ def test_constant_image_uses_eps(rng):
 
 
 def test_layouts_byte_order_and_torch(rng):
-    torch = pytest.importorskip("torch")
     img = ct_image(rng)
     expected = normalize(img, "CTNormalization", intensity_properties=CT_PROPS)
     for variant in (np.asfortranarray(img), img.astype(">f4"), np.repeat(img, 2, axis=2)[:, :, ::2]):

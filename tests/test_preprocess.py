@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 import pytest
+from nnunetv2.preprocessing.preprocessors import default_preprocessor as pp
+from nnunetv2.utilities.label_handling import label_handling
+from nnunetv2.utilities.plans_handling import plans_handler
 
 from fastseg.plan.planner import PlannerOptions, plan_experiment
 from fastseg.preprocess.case import preprocess_case, preprocess_case_multi
@@ -33,9 +36,6 @@ from fastseg.preprocess.storage import (
     save_case,
 )
 
-pp = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
-plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
-label_handling = pytest.importorskip("nnunetv2.utilities.label_handling.label_handling")
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "neighbour": 3}
 REGIONS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}

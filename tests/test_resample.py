@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import smooth_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resampling
+from scipy import ndimage
+from skimage import transform as skimage_transform
 
 from fastseg.ops import compute_new_shape, resample, separate_z_axis
-
-nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
 
 
 def reference(data, new_shape, cur, new, **kw):
@@ -67,7 +69,6 @@ def test_force_separate_z(rng, force):
 
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_data_matches_skimage_resize(rng, order):
-    skimage_transform = pytest.importorskip("skimage.transform")
     img = rng.normal(size=(37, 29)).astype(np.float64)
     ref = skimage_transform.resize(img, (50, 13), order=order, mode="edge", anti_aliasing=False)
     ours = resample(img[None].astype(np.float32), (50, 13), (1, 1), (1, 1), order=order)[0]
@@ -76,7 +77,6 @@ def test_data_matches_skimage_resize(rng, order):
 
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_data_matches_scipy_zoom(rng, order):
-    ndimage = pytest.importorskip("scipy.ndimage")
     vol = rng.normal(size=(11, 16, 13))
     out_shape = (22, 9, 26)
     ref = ndimage.zoom(vol, np.divide(out_shape, vol.shape), order=order, mode="nearest", grid_mode=True)
@@ -142,7 +142,6 @@ def test_layouts_and_byte_order(rng):
 
 
 def test_torch_in_torch_out(rng):
-    torch = pytest.importorskip("torch")
     data = rng.normal(size=(2, 8, 9, 10)).astype(np.float32)
     out = resample(torch.from_numpy(data), (5, 12, 7), (1, 1, 1), (1, 1, 1))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.device.type == "cpu"
