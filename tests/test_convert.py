@@ -197,11 +197,12 @@ def test_dicom_series_to_nifti_keeps_geometry(tmp_path, rng):
     img = sitk.ReadImage(str(out))
     assert img.GetPixelID() == sitk.sitkInt16
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), volume)
-    np.testing.assert_allclose(img.GetSpacing(), ref.GetSpacing(), rtol=1e-5)
-    np.testing.assert_allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-3)
-    np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-5)
+    # NIfTI stores geometry in float32 (measured: spacing 1.7e-8 relative, origin equal, direction 1.7e-9).
+    np.testing.assert_allclose(img.GetSpacing(), ref.GetSpacing(), rtol=2e-7)
+    np.testing.assert_allclose(img.GetOrigin(), ref.GetOrigin(), rtol=0, atol=4e-6)
+    np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), rtol=0, atol=1e-6)
     data, props = read_images([out])  # and fastseg reads it as any other case
-    assert data.shape == (1, 7, 24, 30) and props["spacing"] == pytest.approx([2.5, 0.8, 0.7], rel=1e-5)
+    assert data.shape == (1, 7, 24, 30) and props["spacing"] == pytest.approx([2.5, 0.8, 0.7], rel=2e-7)
 
 
 def test_dicom_refuses_gaps_and_ambiguity(tmp_path, rng):

@@ -18,6 +18,10 @@ from nnunetv2.utilities.label_handling import label_handling
 from fastseg.ops.export import export_segmentation
 
 
+# Probabilities against nnU-Net's (softmax or sigmoid of its resampled logits): measured at most
+# 4.8e-7 apart.
+PROB_TOL = 1e-6
+
 REGION_DICT = {"background": 0, "whole": (1, 2, 3), "core": (2, 3), "enhancing": (3,)}
 REGION_ORDER = [1, 2, 3]
 
@@ -35,16 +39,22 @@ def label_manager(num_classes=None, regions=False):
 
 
 def assert_labels_agree(ours, ref, resampled):
-    """>= 99.9% equal, and where not, nnU-Net's two candidate class values tie within float error."""
+    """Equal labels, except where nnU-Net's two candidate class values tie within float error.
+
+    The fused export interpolates in float32, nnU-Net in float64 (then rounds to float32): the
+    difference of two class values, ours against nnU-Net's, was measured at most 2.5e-7 x (|value| + 1)
+    on these cases, so a label can only flip where nnU-Net's two classes are that close. (No voxel
+    differs on the cases here today.)
+    """
     assert ours.shape == ref.shape
     differ = ours != ref
-    assert differ.mean() <= 1e-3, f"{differ.mean():.5f} of voxels differ"
+    assert differ.mean() <= 1e-4, f"{differ.mean():.5f} of voxels differ"
     if differ.any():
         idx = np.nonzero(differ)
         ref_val = resampled[(ref[idx].astype(np.int64),) + idx]
         our_val = resampled[(ours[idx].astype(np.int64),) + idx]
         gap = np.abs(ref_val - our_val)
-        assert (gap <= 1e-5 * (np.abs(ref_val) + 1)).all(), f"labels differ where classes do not tie: gaps {gap.max()}"
+        assert (gap <= 1e-6 * (np.abs(ref_val) + 1)).all(), f"labels differ where classes do not tie: gaps {gap.max()}"
 
 
 def smooth_logits(rng, num_classes, shape, scale=3.0):
@@ -89,7 +99,7 @@ def test_probabilities_match_nnunet(rng, num_classes, shape, new_shape, cur, new
     ref = lm.convert_probabilities_to_segmentation(ref_probs)
     labels, probs = export_segmentation(logits, new_shape, cur, new, return_probabilities=True)
     assert probs.dtype == np.float32 and probs.shape == (num_classes, *new_shape)
-    np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=PROB_TOL)
     assert_labels_agree(labels, ref, resampled)
     np.testing.assert_array_equal(labels, export_segmentation(logits, new_shape, cur, new))
 
@@ -110,7 +120,7 @@ def test_regions_match_nnunet(rng, num_classes, shape, new_shape, cur, new):
     labels, probs = export_segmentation(
         logits, new_shape, cur, new, regions_class_order=REGION_ORDER, return_probabilities=True
     )
-    np.testing.assert_allclose(probs, lm.apply_inference_nonlin(resampled).numpy(), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, lm.apply_inference_nonlin(resampled).numpy(), rtol=0, atol=PROB_TOL)
     np.testing.assert_array_equal(labels, ours)
 
 
@@ -137,7 +147,7 @@ def test_fused_weights_equal_dividing_first(rng):
     assert_labels_agree(ours, ref, resampled)
     np.testing.assert_array_equal(ours, export_segmentation(acc / weights, new_shape, cur, new))
     _, probs = export_segmentation(acc, new_shape, cur, new, weights=weights, return_probabilities=True)
-    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(resampled), 0).numpy(), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(resampled), 0).numpy(), rtol=0, atol=PROB_TOL)
 
 
 @pytest.mark.parametrize("regions", [None, [1, 2, 3]], ids=["softmax", "sigmoid"])
@@ -152,7 +162,8 @@ def test_probabilities_of_extreme_logits(rng, regions):
     t = torch.from_numpy(logits)
     ref = torch.sigmoid(t) if regions else torch.softmax(t, 0)
     assert np.isfinite(probs).all()
-    np.testing.assert_allclose(probs, ref.numpy(), rtol=1e-5, atol=1e-30)
+    # Equal to torch's float32 values today; a few ulps of room for another exp implementation.
+    np.testing.assert_allclose(probs, ref.numpy(), rtol=1e-6, atol=1e-30)
 
 
 def test_first_of_tied_classes_wins(rng):
