@@ -4,7 +4,10 @@ inference nonlinearity."""
 
 from __future__ import annotations
 
-import tracemalloc
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,19 +226,53 @@ def test_layouts_and_byte_order(rng):
         np.testing.assert_array_equal(export_segmentation(variant, (7, 20, 9), (1, 1, 1), (1, 1, 1)), expected)
 
 
-def test_memory_is_o_output_voxels(rng):
-    """The Python-visible allocations (numpy arrays, traced by tracemalloc) are the label map; the
-    kernel's per-thread scratch is a few rows (csrc/cpu/inference.cpp)."""
-    logits = rng.normal(size=(16, 20, 40, 40)).astype(np.float32)
-    new_shape = (40, 96, 96)
-    tracemalloc.start()
-    try:
-        labels = export_segmentation(logits, new_shape, (2, 1, 1), (1, 0.42, 0.42))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak <= labels.nbytes + 64 * 1024, f"peak {peak} bytes for {labels.nbytes} bytes of labels"
-    assert 16 * labels.size * 4 > 50 * peak  # nnU-Net's resampled logits alone would be 60x more
+# Runs in a fresh interpreter of the installed package: prints the resident set size before the export
+# and its peak after (Linux's /proc/self/status; the peak is reset to the current size first where the
+# kernel allows, and where it does not the measured increase can only come out larger).
+_PEAK_RSS_CHILD = """
+import json, re, sys
+import numpy as np
+from fastseg.ops.export import export_segmentation
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\\s+(\\d+) kB", f.read(), re.M).group(1)) * 1024
+
+classes, shape, new_shape, cur, new = json.loads(sys.argv[1])
+logits = np.random.default_rng(0).normal(size=(classes, *shape)).astype(np.float32)
+export_segmentation(logits[:, :4, :8, :8], (5, 9, 9), cur, new)  # starts the OpenMP threads
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current VmRSS
+except OSError:
+    pass
+before = status("VmRSS")
+labels = export_segmentation(logits, new_shape, cur, new)
+print(json.dumps({"before": before, "peak": status("VmHWM"), "labels": int(labels.nbytes), "voxels": int(labels.size)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak RSS is read from /proc/self/status (Linux)")
+def test_peak_memory_is_the_label_map(tmp_path):
+    """The export's peak resident memory grows by the label map and a few rows of scratch per thread
+    (csrc/cpu/inference.cpp), not by the per-class map at full resolution that nnU-Net resamples
+    (16 classes x 4 bytes here: 64 times the label map). Measured: +1.8 MiB for 1.7 MiB of labels;
+    resampling every class and then taking the argmax measured +230 MiB in the same harness."""
+    classes, shape, new_shape = 16, (20, 80, 80), (48, 192, 192)
+    args = json.dumps([classes, shape, new_shape, (2, 1, 1), (0.83, 0.42, 0.42)])
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    extra = got["peak"] - got["before"]
+    all_classes = classes * got["voxels"] * 4
+    allowed = got["labels"] + 4 * 2**20
+    assert all_classes >= 10 * allowed  # the bound separates the two behaviours
+    assert extra <= allowed, (
+        f"peak RSS grew by {extra / 2**20:.1f} MiB for {got['labels'] / 2**20:.1f} MiB of labels "
+        f"(all classes at full resolution: {all_classes / 2**20:.0f} MiB)"
+    )
 
 
 @settings(max_examples=30, deadline=None)
