@@ -136,10 +136,15 @@ def _run_in_interpreter(session) -> dict:
         if config.inipath is not None:
             cmd += ["-c", str(config.inipath)]
         cmd += ["--triton-outcomes", str(outcomes_file)]
-        proc = subprocess.run(
-            cmd, cwd=scratch, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900
-        )
-        log = f"$ TRITON_INTERPRET=1 {' '.join(cmd)}\n(exit status {proc.returncode})\n{proc.stdout[-6000:]}{proc.stderr[-3000:]}"
+        try:
+            proc = subprocess.run(
+                cmd, cwd=scratch, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900
+            )
+            status, stdout, stderr = f"exit status {proc.returncode}", proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as err:
+            text = [o.decode(errors="replace") if isinstance(o, bytes) else (o or "") for o in (err.stdout, err.stderr)]
+            status, stdout, stderr = "killed after 900 s", *text
+        log = f"$ TRITON_INTERPRET=1 {' '.join(cmd)}\n({status})\n{stdout[-6000:]}{stderr[-3000:]}"
         outcomes = json.loads(outcomes_file.read_text()) if outcomes_file.is_file() else {}
     session.stash[_interpreter_runs] = {"outcomes": outcomes, "log": log}
     return session.stash[_interpreter_runs]
