@@ -8,15 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+import torch
 
 
 def _cuda_available() -> bool:
-    return torch is not None and torch.cuda.is_available()
+    return torch.cuda.is_available()
 
 
 requires_cuda = pytest.mark.skipif(not _cuda_available(), reason="no CUDA device")

@@ -2,42 +2,22 @@
 tile, as nnU-Net's predictor adds), the Triton kernel under the interpreter against the C++ path, and
 the CUDA kernels against the C++ path where a GPU exists.
 
-The Triton cases follow tests/test_triton_normalize.py: TRITON_INTERPRET=1 must be set before triton
-is first imported, so they run in this process when that is possible and in a child process
-otherwise.
+The Triton cases are marked ``triton_interpreter``: unless this session was started with
+TRITON_INTERPRET=1, tests/conftest.py runs them in one child process under the interpreter and reports
+each case's outcome here (see tests/test_triton_normalize.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torch
 from helpers import requires_cuda_kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastseg.ops.accumulate import accumulate_tiles, normalize_accumulated
 from fastseg.ops.tiling import gaussian_importance_map, sliding_window_offsets
-
-torch = pytest.importorskip("torch")
-
-_REPO = Path(__file__).resolve().parents[1]
-_TRITON_MODULE = _REPO / "fastseg" / "ops" / "triton" / "accumulate.py"
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-_INTERPRETER_POSSIBLE = "triton" not in sys.modules and not torch.cuda.is_available()
-if HAVE_TRITON and os.environ.get("TRITON_INTERPRET") != "1" and _INTERPRETER_POSSIBLE:
-    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton in this process
-IN_INTERPRETER = False
-if HAVE_TRITON:
-    import triton
-    from triton.runtime.interpreter import InterpretedFunction
-
-    IN_INTERPRETER = isinstance(triton.language.sum, InterpretedFunction)
 
 
 def reference(acc, tiles, offsets, weights=None, importance=None):
@@ -286,46 +266,12 @@ def test_normalize_rejects_bad_input():
 
 # --- Triton (interpreter) vs C++ ------------------------------------------------------------------
 
-_NOT_INTERPRETED = (
-    "triton runs compiled kernels in this process (imported earlier, or a CUDA device is present); "
-    "these cases run in a child process under TRITON_INTERPRET=1 (test_triton_cases_in_interpreter_subprocess)"
-)
-
-
 @pytest.fixture(scope="module")
 def ta():
-    """The Triton kernel module, loaded from its file under the interpreter."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed")
-    if not IN_INTERPRETER:
-        pytest.skip(_NOT_INTERPRETED)
-    spec = importlib.util.spec_from_file_location("_fastseg_triton_accumulate_interpreted", _TRITON_MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The installed Triton kernel module."""
+    from fastseg.ops.triton import accumulate
 
-
-@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(IN_INTERPRETER, reason="this process already runs the cases under the Triton interpreter")
-def test_triton_cases_in_interpreter_subprocess():
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(Path(__file__).resolve()),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--import-mode=importlib",
-        "-k",
-        "triton",
-    ]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    # The parent's working directory, so that the child imports the same fastseg (and fastseg._C).
-    proc = subprocess.run(cmd, check=False, cwd=os.getcwd(), env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        f"interpreter run failed ({' '.join(cmd)}):\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
-    )
+    return accumulate
 
 
 TRITON_CASES = [
@@ -337,6 +283,7 @@ TRITON_CASES = [
 ]
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("image_shape, tile, batch, dtype, with_importance, with_weights", TRITON_CASES)
 def test_triton_matches_cpp(ta, image_shape, tile, batch, dtype, with_importance, with_weights):
     rng = np.random.default_rng(7)
@@ -357,6 +304,7 @@ def test_triton_matches_cpp(ta, image_shape, tile, batch, dtype, with_importance
         torch.testing.assert_close(w_t, w_c, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.triton_interpreter
 def test_triton_rejects_bad_layouts(ta):
     acc = torch.zeros((2, 4, 8, 8))
     tiles = torch.zeros((1, 2, 2, 4, 4))

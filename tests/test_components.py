@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 
+import cc3d
 import numpy as np
 import pytest
 import torch
 from helpers import requires_cuda_kernels, smooth_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nilearn import datasets as nilearn_datasets
+from nnunetv2.postprocessing import remove_connected_components
+from scipy import ndimage
 
 from fastseg.ops import components as cc_ops
 from fastseg.ops.components import (
@@ -19,9 +23,8 @@ from fastseg.ops.components import (
     fill_holes,
     remove_all_but_largest_component,
 )
+from fastseg.threads import get_num_threads, num_threads
 
-cc3d = pytest.importorskip("cc3d")
-ndimage = pytest.importorskip("scipy.ndimage")
 
 # scipy structures per connectivity: 3D faces / edges / corners, 2D edges / corners.
 STRUCTURES = {
@@ -131,8 +134,7 @@ def test_multilabel_2d(rng, connectivity):
 @pytest.fixture(scope="module")
 def mni():
     """nilearn's MNI152 template (2 mm, shipped in the wheel: no download)."""
-    datasets = pytest.importorskip("nilearn.datasets")
-    return np.asarray(datasets.load_mni152_template(resolution=2).dataobj, dtype=np.float32)
+    return np.asarray(nilearn_datasets.load_mni152_template(resolution=2).dataobj, dtype=np.float32)
 
 
 @pytest.mark.parametrize("connectivity", [26, 18, 6])
@@ -322,12 +324,10 @@ def test_concurrent_calls_share_the_cache(rng):
 def test_block_path_seams_per_thread_count(rng, threads):
     # Slab seams of the bit-packed path (26-connectivity): the seam pass rebuilds run tables that the
     # scan kept in a ring; labels must not depend on the thread count.
-    threadpoolctl = pytest.importorskip("threadpoolctl")
     volumes = [rng.random((40, 41, 70)) < d for d in (0.1, 0.3, 0.6)] + [x_segments(rng, (40, 41, 130), 900, 140)]
     ref = [connected_components(v, 26) for v in volumes]
-    with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
-        if cc_ops._native.cpu().max_threads() != threads:
-            pytest.skip("threadpoolctl does not reach fastseg's OpenMP runtime here")
+    with num_threads(threads):
+        assert get_num_threads() == threads
         got = [connected_components(v, 26) for v in volumes]
     for v, (a, n), (b, m) in zip(volumes, ref, got):
         assert n == m and np.array_equal(a, b)
@@ -336,17 +336,16 @@ def test_block_path_seams_per_thread_count(rng, threads):
 
 @pytest.mark.parametrize("threads", [1, 3, 7])
 def test_thread_count_does_not_change_labels(rng, threads):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    x = rng.random((33, 48, 40)) < 0.3
+    # Every volume above the 2**16 voxels under which the kernels run on one thread.
+    x = rng.random((33, 48, 48)) < 0.3
     multi = (rng.integers(1, 4, size=x.shape) * x).astype(np.int16)
     # Sparse blobs: many empty rows, so slabs end (and begin) with rows that hold no run.
     sparse = np.zeros((60, 50, 40), dtype=np.uint8)
     sparse[10:50:7] = smooth_labels(rng, (50, 40), 4, blobs=3)[None].astype(np.uint8)
     volumes = (x, multi, sparse)
     ref = [connected_components(v, c) for v in volumes for c in (26, 6)]
-    with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
-        if cc_ops._native.cpu().max_threads() != threads:
-            pytest.skip("threadpoolctl does not reach fastseg's OpenMP runtime here")
+    with num_threads(threads):
+        assert get_num_threads() == threads
         got = [connected_components(v, c) for v in volumes for c in (26, 6)]
         filled = fill_holes(x)
     for (a, n), (b, m) in zip(ref, got):
@@ -493,8 +492,7 @@ def test_stats_bool_mask_values(rng):
 
 @pytest.fixture(scope="module")
 def nnunet_remove():
-    module = pytest.importorskip("nnunetv2.postprocessing.remove_connected_components")
-    return module.remove_all_but_largest_component_from_segmentation
+    return remove_connected_components.remove_all_but_largest_component_from_segmentation
 
 
 SEG_CASES = [

@@ -12,14 +12,12 @@ from fastseg import cli
 COMMANDS = ("plan", "preprocess", "demo")
 
 
-@pytest.fixture
-def run_cli(monkeypatch):
-    """`fastseg ARGS...` in this process, with these commands registered."""
-    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + COMMANDS)))
-    return lambda *argv: cli.main([str(a) for a in argv])
+def run_cli(*argv) -> int:
+    """`fastseg ARGS...` in this process."""
+    return cli.main([str(a) for a in argv])
 
 
-def test_demo_runs_every_stage_and_reuses_its_work(tmp_path, run_cli, capsys):
+def test_demo_runs_every_stage_and_reuses_its_work(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_cli("demo", "-o", out, "--cases", 3, "--shape", 16, 40, 40, "-j", 1) == 0
     text = capsys.readouterr().out
@@ -39,7 +37,7 @@ def test_demo_runs_every_stage_and_reuses_its_work(tmp_path, run_cli, capsys):
     assert "0 preprocessed, 3 reused" in text
 
 
-def test_plan_and_preprocess_commands(tmp_path, run_cli, capsys):
+def test_plan_and_preprocess_commands(tmp_path, capsys):
     from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
 
     raw = tmp_path / "Dataset002_Small"
@@ -57,7 +55,7 @@ def test_plan_and_preprocess_commands(tmp_path, run_cli, capsys):
     assert "0 cases preprocessed, 2 already done" in capsys.readouterr().out
 
 
-def test_command_errors_are_one_line_messages(tmp_path, run_cli, capsys):
+def test_command_errors_are_one_line_messages(tmp_path, capsys):
     assert run_cli("plan", tmp_path / "missing", "-o", tmp_path / "w") == 1
     assert "error:" in capsys.readouterr().err
     assert run_cli("preprocess", tmp_path / "nothing-planned") == 1
@@ -70,7 +68,7 @@ def test_command_errors_are_one_line_messages(tmp_path, run_cli, capsys):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_has_examples(run_cli, capsys, command):
+def test_help_has_examples(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(command, "--help")
     assert exit_info.value.code == 0

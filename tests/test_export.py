@@ -4,19 +4,26 @@ inference nonlinearity."""
 
 from __future__ import annotations
 
-import tracemalloc
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import requires_cuda_kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resampling
+from nnunetv2.utilities.label_handling import label_handling
 
 from fastseg.ops.export import export_segmentation
 
-torch = pytest.importorskip("torch")
-nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
-label_handling = pytest.importorskip("nnunetv2.utilities.label_handling.label_handling")
+
+# Probabilities against nnU-Net's (softmax or sigmoid of its resampled logits): measured at most
+# 4.8e-7 apart.
+PROB_TOL = 1e-6
 
 REGION_DICT = {"background": 0, "whole": (1, 2, 3), "core": (2, 3), "enhancing": (3,)}
 REGION_ORDER = [1, 2, 3]
@@ -35,16 +42,22 @@ def label_manager(num_classes=None, regions=False):
 
 
 def assert_labels_agree(ours, ref, resampled):
-    """>= 99.9% equal, and where not, nnU-Net's two candidate class values tie within float error."""
+    """Equal labels, except where nnU-Net's two candidate class values tie within float error.
+
+    The fused export interpolates in float32, nnU-Net in float64 (then rounds to float32): the
+    difference of two class values, ours against nnU-Net's, was measured at most 2.5e-7 x (|value| + 1)
+    on these cases, so a label can only flip where nnU-Net's two classes are that close. (No voxel
+    differs on the cases here today.)
+    """
     assert ours.shape == ref.shape
     differ = ours != ref
-    assert differ.mean() <= 1e-3, f"{differ.mean():.5f} of voxels differ"
+    assert differ.mean() <= 1e-4, f"{differ.mean():.5f} of voxels differ"
     if differ.any():
         idx = np.nonzero(differ)
         ref_val = resampled[(ref[idx].astype(np.int64),) + idx]
         our_val = resampled[(ours[idx].astype(np.int64),) + idx]
         gap = np.abs(ref_val - our_val)
-        assert (gap <= 1e-5 * (np.abs(ref_val) + 1)).all(), f"labels differ where classes do not tie: gaps {gap.max()}"
+        assert (gap <= 1e-6 * (np.abs(ref_val) + 1)).all(), f"labels differ where classes do not tie: gaps {gap.max()}"
 
 
 def smooth_logits(rng, num_classes, shape, scale=3.0):
@@ -89,7 +102,7 @@ def test_probabilities_match_nnunet(rng, num_classes, shape, new_shape, cur, new
     ref = lm.convert_probabilities_to_segmentation(ref_probs)
     labels, probs = export_segmentation(logits, new_shape, cur, new, return_probabilities=True)
     assert probs.dtype == np.float32 and probs.shape == (num_classes, *new_shape)
-    np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=PROB_TOL)
     assert_labels_agree(labels, ref, resampled)
     np.testing.assert_array_equal(labels, export_segmentation(logits, new_shape, cur, new))
 
@@ -110,7 +123,7 @@ def test_regions_match_nnunet(rng, num_classes, shape, new_shape, cur, new):
     labels, probs = export_segmentation(
         logits, new_shape, cur, new, regions_class_order=REGION_ORDER, return_probabilities=True
     )
-    np.testing.assert_allclose(probs, lm.apply_inference_nonlin(resampled).numpy(), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, lm.apply_inference_nonlin(resampled).numpy(), rtol=0, atol=PROB_TOL)
     np.testing.assert_array_equal(labels, ours)
 
 
@@ -137,7 +150,7 @@ def test_fused_weights_equal_dividing_first(rng):
     assert_labels_agree(ours, ref, resampled)
     np.testing.assert_array_equal(ours, export_segmentation(acc / weights, new_shape, cur, new))
     _, probs = export_segmentation(acc, new_shape, cur, new, weights=weights, return_probabilities=True)
-    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(resampled), 0).numpy(), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(resampled), 0).numpy(), rtol=0, atol=PROB_TOL)
 
 
 @pytest.mark.parametrize("regions", [None, [1, 2, 3]], ids=["softmax", "sigmoid"])
@@ -152,7 +165,8 @@ def test_probabilities_of_extreme_logits(rng, regions):
     t = torch.from_numpy(logits)
     ref = torch.sigmoid(t) if regions else torch.softmax(t, 0)
     assert np.isfinite(probs).all()
-    np.testing.assert_allclose(probs, ref.numpy(), rtol=1e-5, atol=1e-30)
+    # Equal to torch's float32 values today; a few ulps of room for another exp implementation.
+    np.testing.assert_allclose(probs, ref.numpy(), rtol=1e-6, atol=1e-30)
 
 
 def test_first_of_tied_classes_wins(rng):
@@ -212,19 +226,53 @@ def test_layouts_and_byte_order(rng):
         np.testing.assert_array_equal(export_segmentation(variant, (7, 20, 9), (1, 1, 1), (1, 1, 1)), expected)
 
 
-def test_memory_is_o_output_voxels(rng):
-    """The Python-visible allocations (numpy arrays, traced by tracemalloc) are the label map; the
-    kernel's per-thread scratch is a few rows (csrc/cpu/inference.cpp)."""
-    logits = rng.normal(size=(16, 20, 40, 40)).astype(np.float32)
-    new_shape = (40, 96, 96)
-    tracemalloc.start()
-    try:
-        labels = export_segmentation(logits, new_shape, (2, 1, 1), (1, 0.42, 0.42))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak <= labels.nbytes + 64 * 1024, f"peak {peak} bytes for {labels.nbytes} bytes of labels"
-    assert 16 * labels.size * 4 > 50 * peak  # nnU-Net's resampled logits alone would be 60x more
+# Runs in a fresh interpreter of the installed package: prints the resident set size before the export
+# and its peak after (Linux's /proc/self/status; the peak is reset to the current size first where the
+# kernel allows, and where it does not the measured increase can only come out larger).
+_PEAK_RSS_CHILD = """
+import json, re, sys
+import numpy as np
+from fastseg.ops.export import export_segmentation
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\\s+(\\d+) kB", f.read(), re.M).group(1)) * 1024
+
+classes, shape, new_shape, cur, new = json.loads(sys.argv[1])
+logits = np.random.default_rng(0).normal(size=(classes, *shape)).astype(np.float32)
+export_segmentation(logits[:, :4, :8, :8], (5, 9, 9), cur, new)  # starts the OpenMP threads
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current VmRSS
+except OSError:
+    pass
+before = status("VmRSS")
+labels = export_segmentation(logits, new_shape, cur, new)
+print(json.dumps({"before": before, "peak": status("VmHWM"), "labels": int(labels.nbytes), "voxels": int(labels.size)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak RSS is read from /proc/self/status (Linux)")
+def test_peak_memory_is_the_label_map(tmp_path):
+    """The export's peak resident memory grows by the label map and a few rows of scratch per thread
+    (csrc/cpu/inference.cpp), not by the per-class map at full resolution that nnU-Net resamples
+    (16 classes x 4 bytes here: 64 times the label map). Measured: +1.8 MiB for 1.7 MiB of labels;
+    resampling every class and then taking the argmax measured +230 MiB in the same harness."""
+    classes, shape, new_shape = 16, (20, 80, 80), (48, 192, 192)
+    args = json.dumps([classes, shape, new_shape, (2, 1, 1), (0.83, 0.42, 0.42)])
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    extra = got["peak"] - got["before"]
+    all_classes = classes * got["voxels"] * 4
+    allowed = got["labels"] + 4 * 2**20
+    assert all_classes >= 10 * allowed  # the bound separates the two behaviours
+    assert extra <= allowed, (
+        f"peak RSS grew by {extra / 2**20:.1f} MiB for {got['labels'] / 2**20:.1f} MiB of labels "
+        f"(all classes at full resolution: {all_classes / 2**20:.0f} MiB)"
+    )
 
 
 @settings(max_examples=30, deadline=None)

@@ -16,13 +16,13 @@ from multiprocessing.pool import ThreadPool
 
 import numpy as np
 import pytest
+from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor as fe
+from nnunetv2.preprocessing.cropping import cropping
 
 from fastseg.plan.fingerprint import aggregate, analyze_case, case_order, extract_fingerprint, samples_per_case
 from fastseg.plan.intensity import ValueCounts, channel_statistics, draw_samples
 from fastseg.ops.crop import crop_to_nonzero, fill_holes
 
-fe = pytest.importorskip("nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor")
-cropping = pytest.importorskip("nnunetv2.preprocessing.cropping.cropping")
 
 STATS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")
 
@@ -103,8 +103,8 @@ def test_channel_statistics_match_numpy(rng, integer):
     ref = {"mean": np.mean(x), "std": np.std(x), "min": x.min(), "max": x.max(), "median": median, "percentile_00_5": p005, "percentile_99_5": p995}
     for k in ("min", "max", "median", "percentile_00_5", "percentile_99_5"):
         assert got[k] == float(ref[k]), k  # order statistics: exact
-    assert got["mean"] == pytest.approx(float(ref["mean"]), rel=1e-6)
-    assert got["std"] == pytest.approx(float(ref["std"]), rel=1e-6)
+    assert got["mean"] == pytest.approx(float(ref["mean"]), rel=1e-12)  # equal today: float64 sums
+    assert got["std"] == pytest.approx(float(ref["std"]), rel=1e-12)
     assert list(got) == list(STATS)
 
 
@@ -188,4 +188,5 @@ def test_fingerprint_matches_nnunet(tmp_path, monkeypatch, config, workers):
         stats = got["foreground_intensity_properties_per_channel"][c]
         assert sorted(stats) == sorted(ref_stats)
         for k in STATS:
-            assert stats[k] == pytest.approx(ref_stats[k], rel=1e-6, abs=1e-6), (c, k)
+            # nnU-Net's mean/std are float32 numpy reductions: measured at most 8.1e-8 apart, relative.
+            assert stats[k] == pytest.approx(ref_stats[k], rel=3e-7, abs=1e-6), (c, k)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import requires_cuda, requires_cuda_kernels, smooth_labels
 
 from fastseg.ops import normalize, resample
 
-torch = pytest.importorskip("torch")
 
 RESAMPLE_CASES = [
     pytest.param((1, 20, 31, 17), (33, 20, 40), (1, 1, 1), (1, 1, 1), id="iso"),

@@ -9,6 +9,7 @@ from helpers import fastseg_script
 
 import fastseg
 from fastseg import _native
+from fastseg.threads import get_num_threads, num_threads, set_num_threads
 
 
 def test_cpu_module_imports_and_reports_threads():
@@ -17,12 +18,21 @@ def test_cpu_module_imports_and_reports_threads():
     assert isinstance(info["cuda_kernels_compiled"], bool)
 
 
-def test_cuda_module_imports_without_a_driver():
-    """When the CUDA kernels were built, importing them must not need a GPU or a driver."""
-    mod = _native.cuda_module()
-    if mod is None:
-        pytest.skip("fastseg._C_cuda not compiled (no nvcc at build time)")
-    assert mod.device_count() >= 0
+def test_thread_count_is_set_and_restored():
+    before = get_num_threads()
+    with num_threads(1):
+        assert get_num_threads() == 1 == _native.build_info()["cpu_threads"]
+        with num_threads(3):
+            assert get_num_threads() == 3 == _native.cpu().max_threads()
+        assert get_num_threads() == 1
+    assert get_num_threads() == before
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        set_num_threads(0)
+    with pytest.raises(TypeError, match="integer, got float 2.0"):
+        set_num_threads(2.0)
+    with pytest.raises(ValueError, match="at least 1, got -2"):
+        _native.cpu().set_num_threads(-2)  # the binding's own check
+    assert get_num_threads() == before
 
 
 def test_cli_version_and_help():

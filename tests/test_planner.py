@@ -14,14 +14,14 @@ import json
 
 import numpy as np
 import pytest
+from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner as dep
+from nnunetv2.experiment_planning.experiment_planners import network_topology as topology_ref
+from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners as resenc
 
 from fastseg.plan.planner import PlannerOptions, fullres_target_spacing, look_up_planner, plan_experiment, transpose_axes
 from fastseg.plan.topology import pad_to_multiple, pool_and_conv_props
 from fastseg.plan.vram import PLAIN_UNET, RESENC_UNET, UNetSpec, feature_map_size
 
-dep = pytest.importorskip("nnunetv2.experiment_planning.experiment_planners.default_experiment_planner")
-resenc = pytest.importorskip("nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners")
-topology_ref = pytest.importorskip("nnunetv2.experiment_planning.experiment_planners.network_topology")
 
 NNUNET_PLANNERS = {
     "classic": "ExperimentPlanner",

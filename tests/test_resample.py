@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import smooth_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resampling
+from scipy import ndimage
+from skimage import transform as skimage_transform
 
 from fastseg.ops import compute_new_shape, resample, separate_z_axis
-
-nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
 
 
 def reference(data, new_shape, cur, new, **kw):
@@ -19,12 +21,17 @@ def reference(data, new_shape, cur, new, **kw):
     return nnunet_resampling.resample_data_or_seg_to_shape(data, new_shape, cur, new, **kw)
 
 
+# Intensities: max |ours - reference| as a fraction of the input's range. Measured at most 6.1e-8
+# (order 3, float32 output); float32 rounding of the output alone is ~3e-8 of the range.
+RANGE_TOL = 1e-6
+
+
 def assert_data_close(ours, ref, data):
     assert ours.shape == ref.shape
     assert ours.dtype == np.float32
     span = float(data.max() - data.min())
     err = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max())
-    assert err <= 1e-3 * span, f"max |diff| {err} > 1e-3 x range {span}"
+    assert err <= RANGE_TOL * span, f"max |diff| {err} > {RANGE_TOL} x range {span}"
 
 
 DATA_CASES = [
@@ -67,23 +74,21 @@ def test_force_separate_z(rng, force):
 
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_data_matches_skimage_resize(rng, order):
-    skimage_transform = pytest.importorskip("skimage.transform")
     img = rng.normal(size=(37, 29)).astype(np.float64)
     ref = skimage_transform.resize(img, (50, 13), order=order, mode="edge", anti_aliasing=False)
     ours = resample(img[None].astype(np.float32), (50, 13), (1, 1), (1, 1), order=order)[0]
-    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.ptp(img))
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=RANGE_TOL * np.ptp(img))  # measured <= 3.1e-8 x range
 
 
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_data_matches_scipy_zoom(rng, order):
-    ndimage = pytest.importorskip("scipy.ndimage")
     vol = rng.normal(size=(11, 16, 13))
     out_shape = (22, 9, 26)
     ref = ndimage.zoom(vol, np.divide(out_shape, vol.shape), order=order, mode="nearest", grid_mode=True)
     ours = resample(vol[None].astype(np.float32), out_shape, (1, 1, 1), (1, 1, 1), order=order)[0]
     if order == 3:  # skimage (and so nnU-Net) clips order-3 results to the input range; zoom does not
         ref = np.clip(ref, vol.min(), vol.max())
-    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.ptp(vol))
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=RANGE_TOL * np.ptp(vol))  # measured <= 3.7e-8 x range
 
 
 SEG_CASES = [
@@ -106,9 +111,9 @@ def test_seg_matches_nnunet(rng, shape, new_shape, cur, new, order, order_z, lab
     ours = resample(seg, new_shape, cur, new, is_seg=True, order=order, order_z=order_z)
     ref = reference(seg, new_shape, cur, new, is_seg=True, order=order, order_z=order_z)
     assert ours.dtype == seg.dtype and ours.shape == ref.shape
-    agreement = float((ours == ref).mean())
-    assert agreement >= 0.999, f"only {agreement:.5f} of voxels equal nnU-Net's labels"
-    assert set(np.unique(ours)) <= set(np.unique(seg))
+    # Every voxel, exact ties included: where two labels' interpolated indicators are equal (each
+    # boundary voxel of an even downsampling), both take the nearest input voxel's label.
+    np.testing.assert_array_equal(ours, ref)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float32, np.bool_])
@@ -142,7 +147,6 @@ def test_layouts_and_byte_order(rng):
 
 
 def test_torch_in_torch_out(rng):
-    torch = pytest.importorskip("torch")
     data = rng.normal(size=(2, 8, 9, 10)).astype(np.float32)
     out = resample(torch.from_numpy(data), (5, 12, 7), (1, 1, 1), (1, 1, 1))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.device.type == "cpu"

@@ -8,6 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from nnunetv2.experiment_planning import verify_dataset_integrity as vdi
+from nnunetv2.utilities import utils as nnunet_utils
+from nnunetv2.utilities.label_handling import label_handling
 from scipy import ndimage
 
 from fastseg.commands import convert as convert_command
@@ -22,10 +25,6 @@ from fastseg.datasets.synthetic import (
     write_synthetic_dataset,
 )
 from fastseg.io import load_raw_dataset, read_images, read_seg
-
-vdi = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
-nnunet_utils = pytest.importorskip("nnunetv2.utilities.utils")
-label_handling = pytest.importorskip("nnunetv2.utilities.label_handling.label_handling")
 
 
 class _SerialPool:

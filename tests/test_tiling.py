@@ -6,13 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nnunetv2.inference import sliding_window_prediction as swp
 
 from fastseg.ops.tiling import gaussian_importance_map, sliding_window_offsets, sliding_window_steps
-
-torch = pytest.importorskip("torch")
-swp = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
 
 
 def nnunet_gaussian(tile, sigma_scale=1.0 / 8, value_scaling_factor=10.0, dtype=None):

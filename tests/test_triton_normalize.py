@@ -1,71 +1,30 @@
-"""Triton normalization kernels (fastseg/ops/triton/normalize.py) under the Triton interpreter on CPU
-tensors, against an independent numpy reference in float64 (statistics) and float32 (the map).
+"""Triton normalization kernels (fastseg/ops/triton/normalize.py of the installed package) under the
+Triton interpreter on CPU tensors, against an independent numpy reference in float64 (statistics) and
+float32 (the map), and against the C++ CPU path.
 
-How the interpreter is switched on. Triton fixes its mode per process: ``TRITON_INTERPRET=1`` must be in
-the environment when ``triton.language`` is imported (its own ``@triton.jit`` helpers such as ``tl.sum``
-are decorated then), and interpreted and compiled kernels cannot be mixed in one process. So:
-
-* if the variable is already set, or triton is not imported yet and there is no CUDA device (nothing
-  could use compiled kernels here anyway), this module sets the variable *before* importing triton and
-  runs every case in this process, with per-case results;
-* otherwise (triton was imported in compiled mode earlier in the session, or a GPU is present and
-  other tests may need compiled kernels), the per-case tests skip and ``test_cases_in_interpreter_subprocess``
-  reruns this file in a child process with ``TRITON_INTERPRET=1``.
-
-The kernel module is loaded from its file path, so neither ``fastseg/__init__.py`` nor the compiled
-``fastseg._C`` is needed.
+Every test here is marked ``triton_interpreter``: Triton fixes its mode when it is first imported
+(``TRITON_INTERPRET=1`` in the environment then), so unless this session was started with that
+variable, tests/conftest.py runs these cases in one child process that has it and reports each
+case's outcome here.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="torch is not installed")
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed; the Triton kernels cannot be tested", allow_module_level=True)
+from fastseg import _native
 
-_REPO = Path(__file__).resolve().parents[1]
-_MODULE_PATH = _REPO / "fastseg" / "ops" / "triton" / "normalize.py"
-
-if os.environ.get("TRITON_INTERPRET") != "1" and "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton in this process
-
-import triton  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
-IN_INTERPRETER = isinstance(triton.language.sum, InterpretedFunction)
-_NOT_INTERPRETED = (
-    "triton runs compiled kernels in this process (imported earlier, or a CUDA device is present); "
-    "these cases run in a child process under TRITON_INTERPRET=1 (test_cases_in_interpreter_subprocess)"
-)
+pytestmark = pytest.mark.triton_interpreter
 
 
 @pytest.fixture(scope="module")
 def tn():
-    """The kernel module, loaded from its file under the interpreter."""
-    if not IN_INTERPRETER:
-        pytest.skip(_NOT_INTERPRETED)
-    spec = importlib.util.spec_from_file_location("_fastseg_triton_normalize_interpreted", _MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The installed kernel module."""
+    from fastseg.ops.triton import normalize
 
-
-@pytest.mark.skipif(IN_INTERPRETER, reason="this process already runs the cases under the Triton interpreter")
-def test_cases_in_interpreter_subprocess():
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
-           "--import-mode=importlib"]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(cmd, cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert proc.returncode == 0, f"interpreter run failed ({' '.join(cmd)}):\n{output}"
+    return normalize
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,11 +260,11 @@ def test_rejects_bad_inputs(tn, op):
 
 
 # --------------------------------------------------------------------------------------------------
-# parity with the C++ CPU path, when it is built
+# parity with the C++ CPU path
 
 
 def test_matches_cpu_extension(tn):
-    _C = pytest.importorskip("fastseg._C", reason="fastseg._C (C++ CPU path) is not built")
+    _C = _native.cpu()
     a = _random((9, 257), torch.float32, seed=14, loc=50.0, scale=10.0)
     a[0, 0] = np.nan
     mask = a > 45.0

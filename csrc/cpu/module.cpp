@@ -199,6 +199,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("normalize_apply", &normalize_apply, py::arg("x"), py::arg("mask"), py::arg("lo"), py::arg("hi"),
         py::arg("shift"), py::arg("denom"), py::arg("clip"));
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  // omp_set_num_threads sets the calling thread's count: it governs the parallel regions that the
+  // kernels open when called from this (Python) thread, not those opened from other threads.
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        require(n >= 1, "the thread count must be at least 1, got " + std::to_string(n));
+        omp_set_num_threads(n);
+      },
+      py::arg("n"));
   m.def("release_scratch", &cpu::release_scratch,
         "Returns the memory cached for the kernels' scratch buffers to the OS; returns the bytes freed.");
   fastseg::bind::register_components(m);
