@@ -3,6 +3,7 @@
 Layers, lowest first (a module imports its own package and lower layers only):
 
     fastseg (the package's __init__), fastseg._native                    the ground
+    fastseg.threads                                                      the kernels' thread count
     fastseg.runtime                                                      worker processes
     fastseg.io, fastseg.ops                                              files; kernels
     fastseg.plan, fastseg.datasets                                       planning; converters
@@ -27,16 +28,17 @@ PACKAGE = Path(fastseg.__file__).parent
 RANK = {
     "fastseg": 0,
     "fastseg._native": 0,
-    "fastseg.runtime": 1,
-    "fastseg.io": 2,
-    "fastseg.ops": 2,
-    "fastseg.plan": 3,
-    "fastseg.datasets": 3,
-    "fastseg.preprocess": 4,
-    "fastseg.workflow": 5,
-    "fastseg.predict": 5,
-    "fastseg.commands": 6,
-    "fastseg.cli": 7,
+    "fastseg.threads": 1,
+    "fastseg.runtime": 2,
+    "fastseg.io": 3,
+    "fastseg.ops": 3,
+    "fastseg.plan": 4,
+    "fastseg.datasets": 4,
+    "fastseg.preprocess": 5,
+    "fastseg.workflow": 6,
+    "fastseg.predict": 6,
+    "fastseg.commands": 7,
+    "fastseg.cli": 8,
 }
 
 

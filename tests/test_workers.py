@@ -119,15 +119,22 @@ def test_workers_import_the_installed_package_from_a_source_checkout(tmp_path):
 
 
 def test_worker_that_cannot_start_reports_the_real_error(tmp_path):
-    """A worker whose start-up import fails says so, with the import error, not a guess about memory."""
+    """A worker whose start-up fails (here: its native module "fails to load", patched in by a module
+    the fork server preloads) says so, with the error, not a guess about memory."""
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "threadpoolctl.py").write_text("raise ImportError('threadpoolctl is broken here')\n")
+    (broken / "breaker.py").write_text(
+        "import fastseg.threads\n"
+        "def fail(n):\n"
+        "    raise ImportError('the native module is broken here')\n"
+        "fastseg.threads.set_num_threads = fail\n"
+    )
     run = _python(
         f"""
         import sys
         sys.path.insert(0, {str(broken)!r})
-        from fastseg.runtime.workers import CaseError, Job, run_jobs
+        from fastseg.runtime.workers import CaseError, Job, run_jobs, start_fork_server
+        start_fork_server(["breaker"])
         try:
             list(run_jobs(abs, [Job("a", (1,)), Job("b", (2,))], 2, progress=False))
         except CaseError as err:
@@ -136,7 +143,7 @@ def test_worker_that_cannot_start_reports_the_real_error(tmp_path):
         tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    assert "could not start" in run.stdout and "threadpoolctl is broken here" in run.stdout, run.stdout
+    assert "could not start" in run.stdout and "the native module is broken here" in run.stdout, run.stdout
     assert "memory" not in run.stdout
 
 

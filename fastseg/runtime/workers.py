@@ -186,7 +186,6 @@ def start_fork_server(modules: Sequence[str]) -> bool:
 # --- inside a worker ----------------------------------------------------------------------------
 
 _start_error: BaseException | None = None
-_thread_limit = None  # keeps the worker's threadpoolctl limit alive
 
 
 def _exit_when_gone(pid: int) -> None:
@@ -214,7 +213,7 @@ def _init_worker(threads: int, parent_pid: int, package_file: str) -> None:
     Never raises: an error is kept and raised for the worker's first case (`_call`), so the parent
     reports it instead of a dead pool.
     """
-    global _start_error, _thread_limit
+    global _start_error
     threading.Thread(target=_exit_when_gone, args=(parent_pid,), daemon=True, name="parent-watch").start()
     try:
         import fastseg
@@ -224,12 +223,9 @@ def _init_worker(threads: int, parent_pid: int, package_file: str) -> None:
                 f"the worker imported fastseg from {os.path.dirname(fastseg.__file__)}, the main process from "
                 f"{os.path.dirname(package_file)}"
             )
-        from fastseg import _native
+        from fastseg.threads import set_num_threads
 
-        _native.cpu()
-        from threadpoolctl import threadpool_limits
-
-        _thread_limit = threadpool_limits(limits=threads, user_api="openmp")
+        set_num_threads(threads)  # loads the native module too
     except BaseException as err:  # noqa: BLE001 -- reported for the first case instead
         _start_error = err
 
