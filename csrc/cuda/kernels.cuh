@@ -52,11 +52,13 @@ void relabel(cc_index_t* labels, const int32_t* rank, int64_t total, cudaStream_
 
 // --- inference (inference.cu) -----------------------------------------------------------------
 
-// acc [C, D, H, W] += tiles[b] * importance at offsets[b] (device int64 [B, 3]); weights [D, H, W]
-// += importance; weights and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w).
+// acc [C, D, H, W] += tiles[b] * importance at offsets[b]; weights [D, H, W] += importance; weights
+// and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w). The offsets [B, 3]
+// (checked by the binding) are on the host; they are copied into device_offsets [B, 3] on `stream`
+// first, and the kernel reads that copy.
 template <typename T>
-void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
-                      const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
+void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* host_offsets, int64_t* device_offsets,
+                      const float* importance, const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
 // Fused resample + label of logits [C, D, H, W] (divided by weights [D, H, W] when not null) to
 // labels [D', H', W'] and optionally probabilities [C, D', H', W']; region_labels [C] (device int32)
 // for ExportMode::kRegions.

@@ -50,7 +50,8 @@ def _check_float32_inplace(x: Any, name: str) -> None:
 
 
 def _offsets_array(offsets: Any, batch: int, ndim: int) -> np.ndarray:
-    """offsets as a host int64 (B, ndim) array."""
+    """offsets as a host integer (B, ndim) array, of any integer dtype (checked, then converted to int64,
+    by _check_offsets)."""
     if torch is not None and isinstance(offsets, torch.Tensor):
         offsets = offsets.detach().cpu().numpy()
     arr = np.asarray(offsets)
@@ -62,11 +63,21 @@ def _offsets_array(offsets: Any, batch: int, ndim: int) -> np.ndarray:
         raise ValueError(
             f"offsets must have shape (B, {ndim}) = ({batch}, {ndim}), one start corner per tile, got {arr.shape}"
         )
-    return arr.astype(np.int64)
+    return arr
 
 
-def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> None:
-    outside = (offsets < 0) | (offsets + np.asarray(tile) > np.asarray(image))
+def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> np.ndarray:
+    """Every tile inside the image, as int64 offsets.
+
+    A tile fits along an axis when ``0 <= offset <= image - tile`` (``tile <= image`` is checked
+    before). The comparison never forms ``offset + tile``: near the int64 limits that sum wraps around
+    and would let a tile far outside the image through. Python-int bounds compare exactly with any
+    integer dtype, uint64 included.
+    """
+    outside = np.zeros(offsets.shape, dtype=bool)
+    for axis in range(offsets.shape[1]):
+        column = offsets[:, axis]
+        outside[:, axis] = (column < 0) | (column > int(image[axis]) - int(tile[axis]))
     if outside.any():
         b, axis = (int(i) for i in np.argwhere(outside)[0])
         raise ValueError(
@@ -74,6 +85,7 @@ def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> None:
             f"offset {int(offsets[b, axis])} + tile size {tile[axis]} must lie in [0, {image[axis]}] "
             f"(image {image}, tile {tile})"
         )
+    return offsets.astype(np.int64)
 
 
 def accumulate_tiles(
@@ -141,8 +153,7 @@ def accumulate_tiles(
         raise ValueError(
             f"tiles must be {', '.join(allowed.values())}, got {_dtype_name(tiles)}; convert them to float32"
         )
-    off = _offsets_array(offsets, batch, ndim)
-    _check_offsets(off, tile, image)
+    off = _check_offsets(_offsets_array(offsets, batch, ndim), tile, image)
     if weights is not None:
         kind_of(weights, "weights")
         _check_float32_inplace(weights, "weights")
@@ -214,14 +225,14 @@ def _accumulate_cuda(accumulator, tiles, off3, weights, importance_map, image3, 
     g = None
     if importance_map is not None:
         g = torch.as_tensor(importance_map).to(device=device, dtype=torch.float32).contiguous().view(tile3)
-    offsets = torch.from_numpy(np.ascontiguousarray(off3)).to(device)
     if _native.cuda_module() is not None:
         from fastseg.ops import _cuda_inference
 
-        _cuda_inference.accumulate_tiles(acc, w, t, offsets, g)
+        _cuda_inference.accumulate_tiles(acc, w, t, off3, g)
     else:
         from fastseg.ops.triton import accumulate as triton_accumulate
 
+        offsets = torch.from_numpy(np.ascontiguousarray(off3)).to(device)
         triton_accumulate.accumulate_tiles(acc, w, t, offsets, g)
 
 
