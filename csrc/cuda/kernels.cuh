@@ -18,13 +18,13 @@
 
 namespace fastseg::cuda {
 
-// One axis of a separable resample, float32 device arrays:
-//   in   [outer, n_in, inner]
-//   out  [outer, n_out, inner]
-//   coef [outer, n_in + 2 * kSplinePad, inner]  scratch for order 3 (B-spline coefficients of the
-//        edge-padded lines); unused, may be null, for orders 0 and 1.
+// One axis of a separable resample, device arrays:
+//   in   [outer, n_in, inner]                   float32
+//   out  [outer, n_out, inner]                  float32
+//   coef [outer, n_in + 2 * kSplinePad, inner]  double scratch for order 3 (B-spline coefficients of
+//        the edge-padded lines, in the CPU's precision); unused, may be null, for orders 0 and 1.
 // order is 0 (nearest), 1 (linear) or 3 (cubic B-spline).
-void resample_axis(const float* in, float* out, float* coef, int64_t outer, int64_t n_in, int64_t inner,
+void resample_axis(const float* in, float* out, double* coef, int64_t outer, int64_t n_in, int64_t inner,
                    int64_t n_out, int order, cudaStream_t stream);
 
 // Segmentation resample by the label vote (seg_vote), device arrays:
