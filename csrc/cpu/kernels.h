@@ -48,7 +48,7 @@ Moments moments(const T* x, const uint8_t* mask, int64_t n);
 template <typename T>
 int64_t normalize_apply(const T* x, float* out, const uint8_t* mask, int64_t n, AffineParams p);
 
-// --- connected components (components.cpp) ---------------------------------------------------
+// --- connected components (components*.cpp) --------------------------------------------------
 
 // Per-component statistics, entry c describing label c + 1, in scratch memory (scratch.h): tables of
 // a few hundred thousand components would otherwise spend longer faulting in pages than filling them.

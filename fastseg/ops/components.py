@@ -2,7 +2,8 @@
 hole filling, on native kernels.
 
 numpy arrays and CPU tensors run in ``fastseg._C`` (a run-based union-find over z-slabs in parallel,
-explained in ``csrc/cpu/components.cpp``); CUDA tensors run in ``fastseg._C_cuda`` (a block-based
+with a row-block variant for masks under full connectivity; ``csrc/cpu/components.cpp`` says which
+file explains what); CUDA tensors run in ``fastseg._C_cuda`` (a block-based
 union-find, ``csrc/cuda/components.cu``) and are renumbered on the device, so both give the same
 labels. The union-find bodies both use live in ``csrc/include/fastseg/components.h``.
 
