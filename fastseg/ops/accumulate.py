@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import kind_of, torch
+from fastseg.ops._arrays import dispatch, kind_of, torch
 
 
 __all__ = ["accumulate_tiles", "normalize_accumulated"]
@@ -125,7 +125,7 @@ def accumulate_tiles(
         ValueError: wrong dtypes or dimensions, channel counts that differ, offsets whose shape is
             not ``(B, ndim)``, a tile larger than the image or placed outside it, devices that differ.
     """
-    kind = kind_of(accumulator, "accumulator")
+    kind_of(accumulator, "accumulator")
     kind_of(tiles, "tiles")
     if accumulator.ndim not in (3, 4):
         raise ValueError(f"accumulator must be (C, D, H, W) or (C, H, W), got shape {_shape(accumulator)}")
@@ -174,10 +174,12 @@ def accumulate_tiles(
     tile3 = (1,) * pad + tile
     off3 = np.concatenate([np.zeros((batch, pad), dtype=np.int64), off], axis=1) if pad else off
 
-    if kind.is_cuda:
-        _accumulate_cuda(accumulator, tiles, off3, weights, importance_map, image3, tile3)
-    else:
-        _accumulate_cpu(accumulator, tiles, off3, weights, importance_map, image3, tile3)
+    dispatch(
+        accumulator,
+        "accumulator",
+        cpu=lambda acc: _accumulate_cpu(acc, tiles, off3, weights, importance_map, image3, tile3),
+        cuda=lambda acc: _accumulate_cuda(acc, tiles, off3, weights, importance_map, image3, tile3),
+    )
 
 
 def _host_tiles(tiles: Any) -> tuple[np.ndarray, str]:
@@ -200,8 +202,9 @@ def _host_array(x: Any, name: str) -> np.ndarray:
     return x.detach().numpy()
 
 
-def _accumulate_cpu(accumulator, tiles, off3, weights, importance_map, image3, tile3) -> None:
-    acc = _host_array(accumulator, "accumulator").reshape((accumulator.shape[0],) + image3)
+def _accumulate_cpu(acc: np.ndarray, tiles, off3, weights, importance_map, image3, tile3) -> None:
+    """acc: the accumulator as a numpy view (updated in place through it)."""
+    acc = acc.reshape((acc.shape[0],) + image3)
     t, tiles_dtype = _host_tiles(tiles)
     t = t.reshape((t.shape[0], t.shape[1]) + tile3)
     w = None if weights is None else _host_array(weights, "weights").reshape(image3)
@@ -253,7 +256,7 @@ def normalize_accumulated(accumulator: Any, weights: Any) -> Any:
     Raises:
         ValueError: wrong dtypes, shapes that do not match, devices that differ.
     """
-    kind = kind_of(accumulator, "accumulator")
+    kind_of(accumulator, "accumulator")
     kind_of(weights, "weights")
     if accumulator.ndim < 2:
         raise ValueError(f"accumulator must be (C, *spatial), got shape {_shape(accumulator)}")
@@ -264,11 +267,16 @@ def normalize_accumulated(accumulator: Any, weights: Any) -> Any:
         raise ValueError(
             f"weights {_shape(weights)} must match the accumulator's spatial shape {_shape(accumulator)[1:]}"
         )
-    if kind.is_cuda:
-        if not isinstance(weights, torch.Tensor) or weights.device != accumulator.device:
-            raise ValueError(f"weights must be on the accumulator's device {accumulator.device}")
-        torch.div(accumulator, weights, out=accumulator)
-        return accumulator
-    w = np.ascontiguousarray(_host_array(weights, "weights"))
-    _native.cpu().normalize_accumulated(_host_array(accumulator, "accumulator"), w)
+
+    def on_cuda(acc) -> None:
+        if not isinstance(weights, torch.Tensor) or weights.device != acc.device:
+            raise ValueError(f"weights must be on the accumulator's device {acc.device}")
+        torch.div(acc, weights, out=acc)
+
+    dispatch(
+        accumulator,
+        "accumulator",
+        cpu=lambda acc: _native.cpu().normalize_accumulated(acc, np.ascontiguousarray(_host_array(weights, "weights"))),
+        cuda=on_cuda,
+    )
     return accumulator
