@@ -1,8 +1,8 @@
 // CUDA launchers: bounds-checked kernels over the FASTSEG_HD bodies of csrc/include/fastseg. They
 // compute what the CPU launchers of csrc/cpu compute (same bodies, same order of operations), on
-// device pointers and on the caller's stream. The bindings in module.cpp validate first.
+// device pointers and on the caller's stream. The bindings (module.cpp, bind_*.cpp) validate first.
 //
-// This header is read by the host compiler too (module.cpp), so it holds declarations only: no
+// This header is read by the host compiler too (the bindings), so it holds declarations only: no
 // __global__, no <<<>>>. Every launcher returns at once when there is nothing to compute, and
 // throws std::runtime_error carrying the CUDA error string when a launch fails.
 //
