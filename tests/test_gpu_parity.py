@@ -25,8 +25,11 @@ def test_resample_data_cuda_matches_cpu(rng, shape, new_shape, cur, new, order):
     cpu = resample(data, new_shape, cur, new, order=order, order_z=1)
     gpu = resample(torch.from_numpy(data).cuda(), new_shape, cur, new, order=order, order_z=1)
     assert gpu.is_cuda and gpu.dtype == torch.float32
-    # CUDA keeps the B-spline coefficients in float32, the CPU in double.
-    np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=1e-4 * float(np.ptp(data)))
+    # Both devices compute positions, weights and B-spline coefficients in double and round to float32
+    # once per axis pass (csrc/include/fastseg/hd.h); only CUDA's pow() in the prefilter's initial sum
+    # of short lines differs, by an ulp or two of double. A few float32 ulps per pass remain: 1e-5 of
+    # the range leaves a wide margin over them.
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=1e-5 * float(np.ptp(data)))
 
 
 @requires_cuda_kernels

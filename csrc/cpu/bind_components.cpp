@@ -1,4 +1,4 @@
-// pybind11 bindings of connected-component labelling (csrc/cpu/components.cpp) in fastseg._C.
+// pybind11 bindings of connected-component labelling (csrc/cpu/components*.cpp) in fastseg._C.
 //
 // Arrays arrive as (D, H, W) C-contiguous numpy arrays (fastseg/ops/components.py reshapes 2D
 // images to D = 1 and copies other layouts). Integer inputs are dispatched by element size only:

@@ -14,6 +14,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "binding.h"
@@ -80,13 +81,17 @@ void accumulate_tiles(py::array acc, const py::object& weights_obj, const py::ar
   require(offsets.ndim() == 2 && offsets.shape(0) == tile[0] && offsets.shape(1) == 3,
           "offsets must be (B, 3) = (" + std::to_string(tile[0]) + ", 3), got " + shape_str(offsets));
   require(offsets.flags() & py::array::c_style, "offsets must be C-contiguous");
+  for (int a = 0; a < 3; ++a)
+    require(tile[a + 2] <= image[a + 1], "tile (" + std::to_string(tile[2]) + ", " + std::to_string(tile[3]) + ", " +
+                                             std::to_string(tile[4]) + ") is larger than the image " + shape_str(acc));
   const auto* off = static_cast<const int64_t*>(offsets.data());
-  for (int64_t b = 0; b < tile[0]; ++b)
-    for (int a = 0; a < 3; ++a)
-      require(off[b * 3 + a] >= 0 && off[b * 3 + a] + tile[a + 2] <= image[a + 1],
-              "tile " + std::to_string(b) + " at offset " + std::to_string(off[b * 3 + a]) + " of axis " +
-                  std::to_string(a) + " does not fit: tile size " + std::to_string(tile[a + 2]) + ", image size " +
-                  std::to_string(image[a + 1]));
+  if (const int64_t bad = first_tile_outside(off, image.data(), tile.data()); bad >= 0) {
+    const int64_t b = bad / 3, a = bad % 3;
+    throw std::invalid_argument("tile " + std::to_string(b) + " at offset " + std::to_string(off[bad]) + " of axis " +
+                                std::to_string(a) + " does not fit: offsets of tile size " + std::to_string(tile[a + 2]) +
+                                " must lie in [0, " + std::to_string(image[a + 1] - tile[a + 2]) + "] (image size " +
+                                std::to_string(image[a + 1]) + ")");
+  }
   float* weights = nullptr;
   if (auto w = optional_array(weights_obj)) {
     require_float32(*w, "weights", 3, true);
@@ -108,6 +113,20 @@ void accumulate_tiles(py::array acc, const py::object& weights_obj, const py::ar
     py::gil_scoped_release release;
     cpu::accumulate_tiles<T>(dst, weights, static_cast<const T*>(src), off, importance, image.data(), tile.data());
   });
+}
+
+// NaN and +-Inf among the elements of x, a C-contiguous array of float storage `dtype`.
+int64_t count_nonfinite(const py::array& x, const std::string& dtype) {
+  require_float_storage(x, dtype, "x");
+  const void* data = x.data();
+  const int64_t n = static_cast<int64_t>(x.size());
+  int64_t count = 0;
+  dispatch_float_storage(dtype, [&](auto tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    py::gil_scoped_release release;
+    count = cpu::count_nonfinite<T>(static_cast<const T*>(data), n);
+  });
+  return count;
 }
 
 // acc (C, *spatial) float32 /= weights (*spatial) float32, in place.
@@ -211,6 +230,9 @@ void register_inference(py::module_& m) {
         py::arg("tiles_dtype"), py::arg("offsets"), py::arg("importance_map"),
         "accumulator (C, D, H, W) += tiles[b] * importance_map at offsets[b]; weights (D, H, W) += importance_map. "
         "In place; tiles (B, C, d, h, w) float32/float16/bfloat16 (uint16 bits), offsets (B, 3) int64.");
+  m.def("count_nonfinite", &count_nonfinite, py::arg("x"), py::arg("dtype"),
+        "Number of NaN and +-Inf elements of x, C-contiguous float32, float16 or bfloat16 (uint16 bits) as dtype "
+        "names it.");
   m.def("normalize_accumulated", &normalize_accumulated, py::arg("accumulator"), py::arg("weights"),
         "accumulator (C, *spatial) /= weights (*spatial), in place, float32.");
   m.def("export_segmentation", &export_segmentation, py::arg("logits"), py::arg("logits_dtype"), py::arg("weights"),

@@ -16,6 +16,9 @@
 //   then the running argmax (or region label) of the block, or a store into the probabilities.
 //   The z- and y-sums run over whole input rows (contiguous, vectorised); thread memory is a few
 //   rows, independent of the class count.
+//
+// count_nonfinite: the up-front NaN/Inf check of the float inputs of fastseg.ops (resample, export),
+//   one parallel read of the array.
 #include <omp.h>
 
 #include <algorithm>
@@ -23,6 +26,7 @@
 #include <vector>
 
 #include "fastseg/inference.h"
+#include "fastseg/normalize.h"
 #include "fastseg/resample.h"
 
 namespace fastseg::cpu {
@@ -365,6 +369,18 @@ void export_segmentation(const T* logits, const float* weights, const int64_t in
     }
   }
 }
+
+template <typename T>
+int64_t count_nonfinite(const T* x, int64_t n) {
+  int64_t count = 0;
+#pragma omp parallel for schedule(static) reduction(+ : count)
+  for (int64_t i = 0; i < n; ++i) count += !is_finite_value(to_float(x[i]));
+  return count;
+}
+
+template int64_t count_nonfinite<float>(const float*, int64_t);
+template int64_t count_nonfinite<Half>(const Half*, int64_t);
+template int64_t count_nonfinite<BFloat16>(const BFloat16*, int64_t);
 
 #define FASTSEG_INSTANTIATE_ACC(T)                                                                        \
   template void accumulate_tiles<T>(float*, float*, const T*, const int64_t*, const float*, const int64_t[4], \

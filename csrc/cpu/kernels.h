@@ -1,5 +1,5 @@
 // CPU launchers: OpenMP loops over the FASTSEG_HD bodies. Raw pointers, C-contiguous arrays; the
-// bindings in module.cpp validate and allocate.
+// bindings (module.cpp, bind_*.cpp) validate and allocate.
 #pragma once
 
 #include <algorithm>
@@ -48,7 +48,7 @@ Moments moments(const T* x, const uint8_t* mask, int64_t n);
 template <typename T>
 int64_t normalize_apply(const T* x, float* out, const uint8_t* mask, int64_t n, AffineParams p);
 
-// --- connected components (components.cpp) ---------------------------------------------------
+// --- connected components (components*.cpp) --------------------------------------------------
 
 // Per-component statistics, entry c describing label c + 1, in scratch memory (scratch.h): tables of
 // a few hundred thousand components would otherwise spend longer faulting in pages than filling them.
@@ -95,6 +95,9 @@ void fill_holes(const T* mask, uint8_t* out, const int64_t shape[3], int connect
 template <typename T>
 void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
                       const int64_t image[4], const int64_t tile[5]);
+// Number of NaN and +-Inf among x [n] (float, Half or BFloat16 storage).
+template <typename T>
+int64_t count_nonfinite(const T* x, int64_t n);
 // acc [C, voxels] /= weights [voxels], in place.
 void normalize_accumulated(float* acc, const float* weights, int64_t C, int64_t voxels);
 // logits [C, D, H, W] (divided by weights [D, H, W] when not null) resampled to out_shape (D', H', W')

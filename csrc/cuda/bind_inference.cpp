@@ -44,28 +44,41 @@ int64_t product(const std::vector<int64_t>& v) {
 }
 
 // acc (C, D, H, W) float32; weights (D, H, W) float32 or 0; tiles (B, C, d, h, w) of tiles_dtype;
-// offsets (B, 3) int64 on the device, already checked to lie inside the image; importance (d, h, w)
-// float32 or 0.
+// offsets: the (B, 3) start corners on the host, flat, checked here and copied by the launcher into
+// offsets_ptr, an int64 (B, 3) device buffer, so that the kernel reads exactly what was checked;
+// importance (d, h, w) float32 or 0.
 void accumulate_tiles(std::uintptr_t acc_ptr, std::uintptr_t weights_ptr, std::uintptr_t tiles_ptr,
-                      const std::string& tiles_dtype, std::uintptr_t offsets_ptr, std::uintptr_t importance_ptr,
-                      const std::vector<int64_t>& image, const std::vector<int64_t>& tile, std::uintptr_t stream) {
+                      const std::string& tiles_dtype, const std::vector<int64_t>& offsets, std::uintptr_t offsets_ptr,
+                      std::uintptr_t importance_ptr, const std::vector<int64_t>& image, const std::vector<int64_t>& tile,
+                      std::uintptr_t stream) {
   require(image.size() == 4, "image must be (C, D, H, W), got " + list_str(image));
   require(tile.size() == 5, "tile must be (B, C, d, h, w), got " + list_str(tile));
   require(tile[1] == image[0], "tiles have " + std::to_string(tile[1]) + " channels but the accumulator has " +
                                    std::to_string(image[0]));
-  for (int a = 0; a < 3; ++a)
-    require(tile[a + 2] <= image[a + 1], "tile " + list_str(tile) + " is larger than the image " + list_str(image));
   for (int64_t x : image) require(x >= 0, "image sizes must not be negative, got " + list_str(image));
   for (int64_t x : tile) require(x >= 0, "tile sizes must not be negative, got " + list_str(tile));
+  for (int a = 0; a < 3; ++a)
+    require(tile[a + 2] <= image[a + 1], "tile " + list_str(tile) + " is larger than the image " + list_str(image));
+  require(static_cast<int64_t>(offsets.size()) == tile[0] * 3,
+          "offsets must hold B * 3 = " + std::to_string(tile[0] * 3) + " values, got " + std::to_string(offsets.size()));
+  if (const int64_t bad = first_tile_outside(offsets.data(), image.data(), tile.data()); bad >= 0) {
+    const int64_t b = bad / 3, a = bad % 3;
+    throw std::invalid_argument("tile " + std::to_string(b) + " at offset " + std::to_string(offsets[bad]) +
+                                " of axis " + std::to_string(a) + " does not fit: offsets of tile size " +
+                                std::to_string(tile[a + 2]) + " must lie in [0, " +
+                                std::to_string(image[a + 1] - tile[a + 2]) + "] (image size " +
+                                std::to_string(image[a + 1]) + ")");
+  }
   float* acc = device_pointer<float>(acc_ptr, product(image), "accumulator");
   float* weights = optional_pointer<float>(weights_ptr);
-  const int64_t* offsets = device_pointer<const int64_t>(offsets_ptr, tile[0] * 3, "offsets");
+  int64_t* device_offsets = device_pointer<int64_t>(offsets_ptr, tile[0] * 3, "offsets");
   const float* importance = optional_pointer<const float>(importance_ptr);
   dispatch_float_storage(tiles_dtype, "tiles", [&](auto tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     const T* tiles = device_pointer<const T>(tiles_ptr, product(tile), "tiles");
     py::gil_scoped_release release;
-    cuda::accumulate_tiles<T>(acc, weights, tiles, offsets, importance, image.data(), tile.data(), stream_of(stream));
+    cuda::accumulate_tiles<T>(acc, weights, tiles, offsets.data(), device_offsets, importance, image.data(),
+                              tile.data(), stream_of(stream));
   });
 }
 
@@ -113,9 +126,10 @@ void export_segmentation(std::uintptr_t logits_ptr, const std::string& logits_dt
 
 void register_inference(py::module_& m) {
   m.def("accumulate_tiles", &accumulate_tiles, py::arg("acc_ptr"), py::arg("weights_ptr"), py::arg("tiles_ptr"),
-        py::arg("tiles_dtype"), py::arg("offsets_ptr"), py::arg("importance_ptr"), py::arg("image"), py::arg("tile"),
-        py::arg("stream"),
+        py::arg("tiles_dtype"), py::arg("offsets"), py::arg("offsets_ptr"), py::arg("importance_ptr"),
+        py::arg("image"), py::arg("tile"), py::arg("stream"),
         "acc (C, D, H, W) += tiles[b] * importance at offsets[b]; weights (D, H, W) += importance; atomics. "
+        "offsets: (B, 3) host values, flat, checked and copied to the int64 device buffer offsets_ptr. "
         "weights_ptr / importance_ptr may be 0.");
   m.def("export_segmentation", &export_segmentation, py::arg("logits_ptr"), py::arg("logits_dtype"),
         py::arg("weights_ptr"), py::arg("in_shape"), py::arg("out_shape"), py::arg("orders"),

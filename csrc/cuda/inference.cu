@@ -136,14 +136,21 @@ __global__ void export_kernel(const T* __restrict__ logits, const float* __restr
 }  // namespace
 
 template <typename T>
-void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
-                      const int64_t image[4], const int64_t tile[5], cudaStream_t stream) {
+void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* host_offsets, int64_t* device_offsets,
+                      const float* importance, const int64_t image[4], const int64_t tile[5], cudaStream_t stream) {
   TileGeometry g{};
   for (int a = 0; a < 4; ++a) g.image[a] = image[a];
   for (int a = 0; a < 5; ++a) g.tile[a] = tile[a];
   const int64_t total = tile[0] * (image[0] + (weights != nullptr ? 1 : 0)) * tile[2] * tile[3] * tile[4];
   if (total == 0) return;
-  accumulate_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(acc, weights, tiles, offsets, importance, g);
+  // From pageable host memory, cudaMemcpyAsync returns once the values are staged, so the caller
+  // may free host_offsets at once; the copy is ordered before the kernel on the stream.
+  const cudaError_t err = cudaMemcpyAsync(device_offsets, host_offsets, tile[0] * 3 * sizeof(int64_t),
+                                          cudaMemcpyHostToDevice, stream);
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("fastseg: copying the tile offsets to the device failed: ") +
+                             cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  accumulate_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(acc, weights, tiles, device_offsets, importance, g);
   check_launch("accumulate_tiles");
 }
 
@@ -170,8 +177,8 @@ void export_segmentation(const T* logits, const float* weights, const int64_t in
 }
 
 #define FASTSEG_INSTANTIATE_ACC(T)                                                                        \
-  template void accumulate_tiles<T>(float*, float*, const T*, const int64_t*, const float*, const int64_t[4], \
-                                    const int64_t[5], cudaStream_t);
+  template void accumulate_tiles<T>(float*, float*, const T*, const int64_t*, int64_t*, const float*,     \
+                                    const int64_t[4], const int64_t[5], cudaStream_t);
 FASTSEG_INSTANTIATE_ACC(float)
 FASTSEG_INSTANTIATE_ACC(Half)
 FASTSEG_INSTANTIATE_ACC(BFloat16)

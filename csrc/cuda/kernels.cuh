@@ -1,8 +1,8 @@
 // CUDA launchers: bounds-checked kernels over the FASTSEG_HD bodies of csrc/include/fastseg. They
 // compute what the CPU launchers of csrc/cpu compute (same bodies, same order of operations), on
-// device pointers and on the caller's stream. The bindings in module.cpp validate first.
+// device pointers and on the caller's stream. The bindings (module.cpp, bind_*.cpp) validate first.
 //
-// This header is read by the host compiler too (module.cpp), so it holds declarations only: no
+// This header is read by the host compiler too (the bindings), so it holds declarations only: no
 // __global__, no <<<>>>. Every launcher returns at once when there is nothing to compute, and
 // throws std::runtime_error carrying the CUDA error string when a launch fails.
 //
@@ -18,13 +18,13 @@
 
 namespace fastseg::cuda {
 
-// One axis of a separable resample, float32 device arrays:
-//   in   [outer, n_in, inner]
-//   out  [outer, n_out, inner]
-//   coef [outer, n_in + 2 * kSplinePad, inner]  scratch for order 3 (B-spline coefficients of the
-//        edge-padded lines); unused, may be null, for orders 0 and 1.
+// One axis of a separable resample, device arrays:
+//   in   [outer, n_in, inner]                   float32
+//   out  [outer, n_out, inner]                  float32
+//   coef [outer, n_in + 2 * kSplinePad, inner]  double scratch for order 3 (B-spline coefficients of
+//        the edge-padded lines, in the CPU's precision); unused, may be null, for orders 0 and 1.
 // order is 0 (nearest), 1 (linear) or 3 (cubic B-spline).
-void resample_axis(const float* in, float* out, float* coef, int64_t outer, int64_t n_in, int64_t inner,
+void resample_axis(const float* in, float* out, double* coef, int64_t outer, int64_t n_in, int64_t inner,
                    int64_t n_out, int order, cudaStream_t stream);
 
 // Segmentation resample by the label vote (seg_vote), device arrays:
@@ -52,11 +52,13 @@ void relabel(cc_index_t* labels, const int32_t* rank, int64_t total, cudaStream_
 
 // --- inference (inference.cu) -----------------------------------------------------------------
 
-// acc [C, D, H, W] += tiles[b] * importance at offsets[b] (device int64 [B, 3]); weights [D, H, W]
-// += importance; weights and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w).
+// acc [C, D, H, W] += tiles[b] * importance at offsets[b]; weights [D, H, W] += importance; weights
+// and importance may be null. image = (C, D, H, W), tile = (B, C, d, h, w). The offsets [B, 3]
+// (checked by the binding) are on the host; they are copied into device_offsets [B, 3] on `stream`
+// first, and the kernel reads that copy.
 template <typename T>
-void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* offsets, const float* importance,
-                      const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
+void accumulate_tiles(float* acc, float* weights, const T* tiles, const int64_t* host_offsets, int64_t* device_offsets,
+                      const float* importance, const int64_t image[4], const int64_t tile[5], cudaStream_t stream);
 // Fused resample + label of logits [C, D, H, W] (divided by weights [D, H, W] when not null) to
 // labels [D', H', W'] and optionally probabilities [C, D', H', W']; region_labels [C] (device int32)
 // for ExportMode::kRegions.

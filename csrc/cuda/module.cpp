@@ -31,9 +31,8 @@ using namespace fastseg::bind;
 
 namespace {
 
-// A device pointer passed as a Python int; null is allowed only for an empty array.
-// in (outer, n_in, inner) float32 -> out (outer, n_out, inner); coef (outer, n_in + 2 * SPLINE_PAD,
-// inner) float32 scratch for order 3, 0 otherwise.
+// in (outer, n_in, inner) float32 -> out (outer, n_out, inner) float32; coef (outer, n_in + 2 *
+// SPLINE_PAD, inner) float64 scratch for order 3, 0 otherwise. Pointers are Python ints.
 void resample_axis(std::uintptr_t in_ptr, std::uintptr_t out_ptr, std::uintptr_t coef_ptr, int64_t outer,
                    int64_t n_in, int64_t inner, int64_t n_out, int order, std::uintptr_t stream) {
   require(order == 0 || order == 1 || order == 3, "order must be 0, 1 or 3, got " + std::to_string(order));
@@ -43,7 +42,7 @@ void resample_axis(std::uintptr_t in_ptr, std::uintptr_t out_ptr, std::uintptr_t
   require(n_out > 0, "n_out must be positive, got " + std::to_string(n_out));
   const float* in = device_pointer<const float>(in_ptr, outer * n_in * inner, "in");
   float* out = device_pointer<float>(out_ptr, outer * n_out * inner, "out");
-  float* coef = order == 3 ? device_pointer<float>(coef_ptr, outer * (n_in + 2 * kSplinePad) * inner, "coef") : nullptr;
+  double* coef = order == 3 ? device_pointer<double>(coef_ptr, outer * (n_in + 2 * kSplinePad) * inner, "coef") : nullptr;
   py::gil_scoped_release release;
   cuda::resample_axis(in, out, coef, outer, n_in, inner, n_out, order, stream_of(stream));
 }
@@ -115,7 +114,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.attr("SPLINE_PAD") = kSplinePad;
   m.def("resample_axis", &resample_axis, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("coef_ptr"), py::arg("outer"),
         py::arg("n_in"), py::arg("inner"), py::arg("n_out"), py::arg("order"), py::arg("stream"),
-        "One axis of a separable resample: float32 (outer, n_in, inner) -> (outer, n_out, inner). coef_ptr: float32 "
+        "One axis of a separable resample: float32 (outer, n_in, inner) -> (outer, n_out, inner). coef_ptr: float64 "
         "scratch (outer, n_in + 2 * SPLINE_PAD, inner) for order 3, 0 otherwise.");
   m.def("resample_seg", &resample_seg, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("in_shape"),
         py::arg("out_shape"), py::arg("orders"), py::arg("strict"), py::arg("zero_is_label"), py::arg("dtype"),

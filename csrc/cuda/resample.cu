@@ -4,7 +4,8 @@
 //   resample_axis, one axis of a separable resample, (outer, n_in, inner) -> (outer, n_out, inner):
 //     order 3  kernel 1 (pad_and_prefilter), one thread per line (o, k):
 //                copies the line in[o, :, k], extended by kSplinePad edge samples on each side, to
-//                coef[o, :, k] and runs the recursive B-spline prefilter on it in place;
+//                coef[o, :, k] (double, as the CPU keeps its coefficients) and runs the recursive
+//                B-spline prefilter on it in place;
 //              kernel 2 (gather_axis), one thread per output element (o, i, k):
 //                out[o, i, k] = sum of the 4 taps of coef[o, :, k] at source_coord(i).
 //     order 0/1  kernel 2 alone, reading the taps from in[o, :, k] directly.
@@ -34,27 +35,30 @@ namespace {
 
 // --- resample_axis --------------------------------------------------------------------------------
 
-// Kernel 1 (order 3): B-spline coefficients of every edge-padded line.
-//   in   [outer, n_in, inner]
-//   coef [outer, N, inner], N = n_in + 2 * kSplinePad
+// Kernel 1 (order 3): B-spline coefficients of every edge-padded line, in double like the CPU
+// launcher's (fastseg/hd.h: same precision on both devices).
+//   in   [outer, n_in, inner]  float32
+//   coef [outer, N, inner]     double, N = n_in + 2 * kSplinePad
 // One thread per line (o, k), lines = outer * inner.
-__global__ void pad_and_prefilter(const float* __restrict__ in, float* __restrict__ coef, int64_t lines, int64_t n_in,
+__global__ void pad_and_prefilter(const float* __restrict__ in, double* __restrict__ coef, int64_t lines, int64_t n_in,
                                   int64_t inner) {
   const int64_t N = n_in + 2 * kSplinePad;
   for (int64_t line = grid_start(); line < lines; line += grid_stride()) {
     const int64_t o = line / inner;
     const int64_t k = line % inner;
     const float* src = in + o * n_in * inner + k;
-    float* dst = coef + o * N * inner + k;
+    double* dst = coef + o * N * inner + k;
     for (int64_t p = 0; p < N; ++p) dst[p * inner] = src[padded_source_index(p, n_in) * inner];
-    cubic_prefilter_lines<float>(dst, N, /*count=*/1, /*line_stride=*/0, /*sample_stride=*/inner);
+    cubic_prefilter_lines<double>(dst, N, /*count=*/1, /*line_stride=*/0, /*sample_stride=*/inner);
   }
 }
 
 // Kernel 2: one output element per thread.
-//   src [outer, n_src, inner]  the input (orders 0/1, n_src = n_in) or coef (order 3, n_src = N)
-//   out [outer, n_out, inner]
-__global__ void gather_axis(const float* __restrict__ src, float* __restrict__ out, int64_t outer, int64_t n_src,
+//   src [outer, n_src, inner]  the input (orders 0/1: float32, n_src = n_in) or coef (order 3:
+//                              double, n_src = N)
+//   out [outer, n_out, inner]  float32
+template <typename S>
+__global__ void gather_axis(const S* __restrict__ src, float* __restrict__ out, int64_t outer, int64_t n_src,
                             int64_t n_in, int64_t inner, int64_t n_out, double scale, int order) {
   const int64_t total = outer * n_out * inner;
   for (int64_t e = grid_start(); e < total; e += grid_stride()) {
@@ -121,7 +125,7 @@ __global__ void resample_seg_kernel(const L* __restrict__ in, L* __restrict__ ou
 
 }  // namespace
 
-void resample_axis(const float* in, float* out, float* coef, int64_t outer, int64_t n_in, int64_t inner,
+void resample_axis(const float* in, float* out, double* coef, int64_t outer, int64_t n_in, int64_t inner,
                    int64_t n_out, int order, cudaStream_t stream) {
   if (outer == 0 || inner == 0 || n_out == 0) return;
   const double scale = static_cast<double>(n_in) / static_cast<double>(n_out);
@@ -129,11 +133,11 @@ void resample_axis(const float* in, float* out, float* coef, int64_t outer, int6
     const int64_t lines = outer * inner;
     pad_and_prefilter<<<blocks_for(lines), kThreads, 0, stream>>>(in, coef, lines, n_in, inner);
     check_launch("pad_and_prefilter");
-    gather_axis<<<blocks_for(outer * n_out * inner), kThreads, 0, stream>>>(coef, out, outer, n_in + 2 * kSplinePad,
-                                                                            n_in, inner, n_out, scale, order);
+    gather_axis<double><<<blocks_for(outer * n_out * inner), kThreads, 0, stream>>>(
+        coef, out, outer, n_in + 2 * kSplinePad, n_in, inner, n_out, scale, order);
   } else {
-    gather_axis<<<blocks_for(outer * n_out * inner), kThreads, 0, stream>>>(in, out, outer, n_in, n_in, inner, n_out,
-                                                                            scale, order);
+    gather_axis<float><<<blocks_for(outer * n_out * inner), kThreads, 0, stream>>>(in, out, outer, n_in, n_in, inner,
+                                                                                   n_out, scale, order);
   }
   check_launch("gather_axis");
 }

@@ -78,10 +78,11 @@ def resample_axis(x: torch.Tensor, n_out: int, order: int) -> torch.Tensor:
         raise ValueError(f"the resampled axis of x is empty, got shape {tuple(x.shape)}")
     kernels = _kernels()
     out = torch.empty((outer, n_out, inner), dtype=torch.float32, device=x.device)
-    # Order 3 scratch: B-spline coefficients of the edge-padded lines, (outer, n_in + 2 * pad, inner).
+    # Order 3 scratch: B-spline coefficients of the edge-padded lines, (outer, n_in + 2 * pad, inner),
+    # in float64 as the CPU keeps them (csrc/include/fastseg/hd.h: one precision on both devices).
     coef = None
     if order == 3:
-        coef = torch.empty((outer, n_in + 2 * kernels.SPLINE_PAD, inner), dtype=torch.float32, device=x.device)
+        coef = torch.empty((outer, n_in + 2 * kernels.SPLINE_PAD, inner), dtype=torch.float64, device=x.device)
     with torch.cuda.device(x.device):
         kernels.resample_axis(
             x.data_ptr(),

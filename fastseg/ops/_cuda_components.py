@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastseg import _native
+from fastseg.ops._stats import ComponentStats
 
 __all__ = ["component_stats", "connected_components", "fill_holes", "remove_all_but_largest"]
 
@@ -64,8 +65,6 @@ def connected_components(x: torch.Tensor, connectivity: int, binary: bool) -> tu
 
 def component_stats(labels: torch.Tensor, n: int, image: torch.Tensor | None):
     """ComponentStats of labels 1..n (any integer CUDA tensor), values from image at each first voxel."""
-    from fastseg.ops.components import ComponentStats
-
     device = labels.device
     flat = labels.reshape(-1).to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > n):

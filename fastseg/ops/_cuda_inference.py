@@ -9,6 +9,7 @@ axes, contiguous).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastseg.ops._cuda import _kernels
@@ -32,7 +33,7 @@ def accumulate_tiles(
     accumulator: torch.Tensor,
     weights: torch.Tensor | None,
     tiles: torch.Tensor,
-    offsets: torch.Tensor,
+    offsets: np.ndarray,
     importance_map: torch.Tensor | None,
 ) -> None:
     """In place: ``accumulator[:, o_b + t] += tiles[b, :, t] * g[t]``, ``weights[o_b + t] += g[t]``.
@@ -41,21 +42,26 @@ def accumulate_tiles(
         accumulator: float32 ``(C, D, H, W)`` on a CUDA device, contiguous.
         weights: float32 ``(D, H, W)`` on that device, or None.
         tiles: ``(B, C, d, h, w)`` float32, float16 or bfloat16 on that device, contiguous.
-        offsets: int64 ``(B, 3)`` on that device; each tile inside the image (checked by the caller).
+        offsets: int64 ``(B, 3)`` numpy array on the host. The extension checks that every tile lies
+            inside the image and copies them to the device itself, so that the kernel reads exactly
+            the values it checked.
         importance_map: float32 ``(d, h, w)`` on that device, or None (weight 1).
     """
     kernels = _kernels()
-    with torch.cuda.device(accumulator.device):
+    device = accumulator.device
+    device_offsets = torch.empty(tuple(offsets.shape), dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
         kernels.accumulate_tiles(
             accumulator.data_ptr(),
             _ptr(weights),
             tiles.data_ptr(),
             FLOAT_STORAGE[tiles.dtype],
-            offsets.data_ptr(),
+            np.ascontiguousarray(offsets, dtype=np.int64).ravel().tolist(),
+            device_offsets.data_ptr(),
             _ptr(importance_map),
             list(accumulator.shape),
             list(tiles.shape),
-            torch.cuda.current_stream(accumulator.device).cuda_stream,
+            torch.cuda.current_stream(device).cuda_stream,
         )
 
 

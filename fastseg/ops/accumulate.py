@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import kind_of, torch
+from fastseg.ops._arrays import dispatch, kind_of, torch
 
 
 __all__ = ["accumulate_tiles", "normalize_accumulated"]
@@ -50,7 +50,8 @@ def _check_float32_inplace(x: Any, name: str) -> None:
 
 
 def _offsets_array(offsets: Any, batch: int, ndim: int) -> np.ndarray:
-    """offsets as a host int64 (B, ndim) array."""
+    """offsets as a host integer (B, ndim) array, of any integer dtype (checked, then converted to int64,
+    by _check_offsets)."""
     if torch is not None and isinstance(offsets, torch.Tensor):
         offsets = offsets.detach().cpu().numpy()
     arr = np.asarray(offsets)
@@ -62,11 +63,21 @@ def _offsets_array(offsets: Any, batch: int, ndim: int) -> np.ndarray:
         raise ValueError(
             f"offsets must have shape (B, {ndim}) = ({batch}, {ndim}), one start corner per tile, got {arr.shape}"
         )
-    return arr.astype(np.int64)
+    return arr
 
 
-def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> None:
-    outside = (offsets < 0) | (offsets + np.asarray(tile) > np.asarray(image))
+def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> np.ndarray:
+    """Every tile inside the image, as int64 offsets.
+
+    A tile fits along an axis when ``0 <= offset <= image - tile`` (``tile <= image`` is checked
+    before). The comparison never forms ``offset + tile``: near the int64 limits that sum wraps around
+    and would let a tile far outside the image through. Python-int bounds compare exactly with any
+    integer dtype, uint64 included.
+    """
+    outside = np.zeros(offsets.shape, dtype=bool)
+    for axis in range(offsets.shape[1]):
+        column = offsets[:, axis]
+        outside[:, axis] = (column < 0) | (column > int(image[axis]) - int(tile[axis]))
     if outside.any():
         b, axis = (int(i) for i in np.argwhere(outside)[0])
         raise ValueError(
@@ -74,6 +85,7 @@ def _check_offsets(offsets: np.ndarray, tile: tuple, image: tuple) -> None:
             f"offset {int(offsets[b, axis])} + tile size {tile[axis]} must lie in [0, {image[axis]}] "
             f"(image {image}, tile {tile})"
         )
+    return offsets.astype(np.int64)
 
 
 def accumulate_tiles(
@@ -113,7 +125,7 @@ def accumulate_tiles(
         ValueError: wrong dtypes or dimensions, channel counts that differ, offsets whose shape is
             not ``(B, ndim)``, a tile larger than the image or placed outside it, devices that differ.
     """
-    kind = kind_of(accumulator, "accumulator")
+    kind_of(accumulator, "accumulator")
     kind_of(tiles, "tiles")
     if accumulator.ndim not in (3, 4):
         raise ValueError(f"accumulator must be (C, D, H, W) or (C, H, W), got shape {_shape(accumulator)}")
@@ -141,8 +153,7 @@ def accumulate_tiles(
         raise ValueError(
             f"tiles must be {', '.join(allowed.values())}, got {_dtype_name(tiles)}; convert them to float32"
         )
-    off = _offsets_array(offsets, batch, ndim)
-    _check_offsets(off, tile, image)
+    off = _check_offsets(_offsets_array(offsets, batch, ndim), tile, image)
     if weights is not None:
         kind_of(weights, "weights")
         _check_float32_inplace(weights, "weights")
@@ -163,10 +174,12 @@ def accumulate_tiles(
     tile3 = (1,) * pad + tile
     off3 = np.concatenate([np.zeros((batch, pad), dtype=np.int64), off], axis=1) if pad else off
 
-    if kind.is_cuda:
-        _accumulate_cuda(accumulator, tiles, off3, weights, importance_map, image3, tile3)
-    else:
-        _accumulate_cpu(accumulator, tiles, off3, weights, importance_map, image3, tile3)
+    dispatch(
+        accumulator,
+        "accumulator",
+        cpu=lambda acc: _accumulate_cpu(acc, tiles, off3, weights, importance_map, image3, tile3),
+        cuda=lambda acc: _accumulate_cuda(acc, tiles, off3, weights, importance_map, image3, tile3),
+    )
 
 
 def _host_tiles(tiles: Any) -> tuple[np.ndarray, str]:
@@ -189,8 +202,9 @@ def _host_array(x: Any, name: str) -> np.ndarray:
     return x.detach().numpy()
 
 
-def _accumulate_cpu(accumulator, tiles, off3, weights, importance_map, image3, tile3) -> None:
-    acc = _host_array(accumulator, "accumulator").reshape((accumulator.shape[0],) + image3)
+def _accumulate_cpu(acc: np.ndarray, tiles, off3, weights, importance_map, image3, tile3) -> None:
+    """acc: the accumulator as a numpy view (updated in place through it)."""
+    acc = acc.reshape((acc.shape[0],) + image3)
     t, tiles_dtype = _host_tiles(tiles)
     t = t.reshape((t.shape[0], t.shape[1]) + tile3)
     w = None if weights is None else _host_array(weights, "weights").reshape(image3)
@@ -214,14 +228,14 @@ def _accumulate_cuda(accumulator, tiles, off3, weights, importance_map, image3, 
     g = None
     if importance_map is not None:
         g = torch.as_tensor(importance_map).to(device=device, dtype=torch.float32).contiguous().view(tile3)
-    offsets = torch.from_numpy(np.ascontiguousarray(off3)).to(device)
     if _native.cuda_module() is not None:
         from fastseg.ops import _cuda_inference
 
-        _cuda_inference.accumulate_tiles(acc, w, t, offsets, g)
+        _cuda_inference.accumulate_tiles(acc, w, t, off3, g)
     else:
         from fastseg.ops.triton import accumulate as triton_accumulate
 
+        offsets = torch.from_numpy(np.ascontiguousarray(off3)).to(device)
         triton_accumulate.accumulate_tiles(acc, w, t, offsets, g)
 
 
@@ -242,7 +256,7 @@ def normalize_accumulated(accumulator: Any, weights: Any) -> Any:
     Raises:
         ValueError: wrong dtypes, shapes that do not match, devices that differ.
     """
-    kind = kind_of(accumulator, "accumulator")
+    kind_of(accumulator, "accumulator")
     kind_of(weights, "weights")
     if accumulator.ndim < 2:
         raise ValueError(f"accumulator must be (C, *spatial), got shape {_shape(accumulator)}")
@@ -253,11 +267,16 @@ def normalize_accumulated(accumulator: Any, weights: Any) -> Any:
         raise ValueError(
             f"weights {_shape(weights)} must match the accumulator's spatial shape {_shape(accumulator)[1:]}"
         )
-    if kind.is_cuda:
-        if not isinstance(weights, torch.Tensor) or weights.device != accumulator.device:
-            raise ValueError(f"weights must be on the accumulator's device {accumulator.device}")
-        torch.div(accumulator, weights, out=accumulator)
-        return accumulator
-    w = np.ascontiguousarray(_host_array(weights, "weights"))
-    _native.cpu().normalize_accumulated(_host_array(accumulator, "accumulator"), w)
+
+    def on_cuda(acc) -> None:
+        if not isinstance(weights, torch.Tensor) or weights.device != acc.device:
+            raise ValueError(f"weights must be on the accumulator's device {acc.device}")
+        torch.div(acc, weights, out=acc)
+
+    dispatch(
+        accumulator,
+        "accumulator",
+        cpu=lambda acc: _native.cpu().normalize_accumulated(acc, np.ascontiguousarray(_host_array(weights, "weights"))),
+        cuda=on_cuda,
+    )
     return accumulator

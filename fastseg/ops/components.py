@@ -2,7 +2,8 @@
 hole filling, on native kernels.
 
 numpy arrays and CPU tensors run in ``fastseg._C`` (a run-based union-find over z-slabs in parallel,
-explained in ``csrc/cpu/components.cpp``); CUDA tensors run in ``fastseg._C_cuda`` (a block-based
+with a row-block variant for masks under full connectivity; ``csrc/cpu/components.cpp`` says which
+file explains what); CUDA tensors run in ``fastseg._C_cuda`` (a block-based
 union-find, ``csrc/cuda/components.cu``) and are renumbered on the device, so both give the same
 labels. The union-find bodies both use live in ``csrc/include/fastseg/components.h``.
 
@@ -13,13 +14,13 @@ of their first voxel, whatever the device, thread count or memory layout of the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import back, kind_of, native_contiguous, to_numpy
+from fastseg.ops._arrays import dispatch, kind_of, native_contiguous, to_numpy
+from fastseg.ops._stats import ComponentStats
 
 __all__ = [
     "ComponentStats",
@@ -34,31 +35,6 @@ __all__ = [
 CONNECTIVITIES = {3: (26, 18, 6), 2: (8, 4)}
 
 LabelsOrRegions = int | Sequence[int] | Sequence[int | Sequence[int]]
-
-
-@dataclass(frozen=True)
-class ComponentStats:
-    """Per-component statistics; row ``i`` describes label ``i + 1``.
-
-    Attributes:
-        counts: ``(n,)`` int64 voxel counts.
-        bboxes: ``(n, 2 * ndim)`` int64 bounding boxes, starts then stops (exclusive), in axis order:
-            ``(z0, y0, x0, z1, y1, x1)`` for 3D, ``(y0, x0, y1, x1)`` for 2D.
-        values: ``(n,)`` value of the labelled image at each component's first voxel (its input label
-            for multi-valued labelling), in the image's dtype; None when no image was given.
-
-    Fields are numpy arrays or torch tensors, the kind (and device) of the labels.
-    """
-
-    counts: Any
-    bboxes: Any
-    values: Any = None
-
-    def slices(self, label: int) -> tuple:
-        """The bounding box of component ``label`` (1..n) as a tuple of slices, like scipy's find_objects."""
-        row = self.bboxes[int(label) - 1]
-        ndim = len(row) // 2
-        return tuple(slice(int(row[a]), int(row[a + ndim])) for a in range(ndim))
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -107,11 +83,9 @@ def _volume(a: np.ndarray) -> np.ndarray:
     return a.reshape((1,) + a.shape) if a.ndim == 2 else a
 
 
-def _labels_kind(labels: np.ndarray, kind):
+def _labels_for(labels: np.ndarray, x: Any) -> np.ndarray:
     """uint32 labels for numpy callers; int32 (same bits, n < 2^31) for torch, whose uint32 lacks most ops."""
-    if kind.is_torch:
-        return back(labels.view(np.int32), kind)
-    return labels
+    return labels if isinstance(x, np.ndarray) else labels.view(np.int32)
 
 
 # --- connected components -------------------------------------------------------------------------
@@ -158,21 +132,24 @@ def connected_components(x: Any, connectivity: int | None = None, *, return_stat
     connectivity = _check_connectivity(connectivity, ndim)
     _check_size(x, kind.is_torch)
     binary = _dtype_of(x) == np.bool_
-    if kind.is_cuda:
+
+    def on_cpu(a: np.ndarray) -> tuple:
+        if not return_stats:
+            labels, n = _native.cpu().connected_components(_volume(a), connectivity, binary)
+            return _labels_for(labels.reshape(a.shape), x), int(n)
+        # Statistics come from the labeller's run tables, in the same pass (no second read of the labels).
+        labels, n, counts, bbox, values = _native.cpu().connected_components(_volume(a), connectivity, binary, True)
+        return _labels_for(labels.reshape(a.shape), x), int(n), _stats_of(counts, bbox, values, ndim)
+
+    def on_cuda(t) -> tuple:
         from fastseg.ops import _cuda_components
 
-        labels, n = _cuda_components.connected_components(x, connectivity, binary)
+        labels, n = _cuda_components.connected_components(t, connectivity, binary)
         if return_stats:
-            return labels, n, _cuda_components.component_stats(labels, n, x)
+            return labels, n, _cuda_components.component_stats(labels, n, t)
         return labels, n
-    a = to_numpy(x)
-    vol = _volume(a)
-    if not return_stats:
-        labels, n = _native.cpu().connected_components(vol, connectivity, binary)
-        return _labels_kind(labels.reshape(a.shape), kind), int(n)
-    # Statistics come from the labeller's run tables, in the same pass (no second read of the labels).
-    labels, n, counts, bbox, values = _native.cpu().connected_components(vol, connectivity, binary, True)
-    return _labels_kind(labels.reshape(a.shape), kind), int(n), _stats_of(counts, bbox, values, ndim, kind)
+
+    return dispatch(x, "x", cpu=on_cpu, cuda=on_cuda)
 
 
 def release_cached_memory() -> int:
@@ -188,17 +165,11 @@ def _check_size(x, is_torch: bool) -> None:
         raise ValueError(f"x has {size} voxels; at most {limit - 1} are supported (labels are 32-bit)")
 
 
-def _stats_cpu(labels: np.ndarray, n: int, image: np.ndarray | None, ndim: int, kind) -> ComponentStats:
-    """Statistics of (D, H, W) labels, image (D, H, W) or None, handed back in `kind`."""
-    counts, bbox, values = _native.cpu().component_stats(labels, n, image)
-    return _stats_of(counts, bbox, values if image is not None else None, ndim, kind)
-
-
-def _stats_of(counts: np.ndarray, bbox: np.ndarray, values: np.ndarray | None, ndim: int, kind) -> ComponentStats:
-    """ComponentStats from native (n,) counts, (n, 6) boxes and (n,) values, in `kind`; 2D drops z."""
+def _stats_of(counts: np.ndarray, bbox: np.ndarray, values: np.ndarray | None, ndim: int) -> ComponentStats:
+    """ComponentStats from native (n,) counts, (n, 6) boxes and (n,) values; 2D drops z."""
     if ndim == 2:
         bbox = np.ascontiguousarray(bbox[:, [1, 2, 4, 5]])
-    return ComponentStats(back(counts, kind), back(bbox, kind), back(values, kind) if values is not None else None)
+    return ComponentStats(counts, bbox, values)
 
 
 def component_stats(labels: Any, n: int | None = None, *, image: Any = None) -> ComponentStats:
@@ -228,21 +199,25 @@ def component_stats(labels: Any, n: int | None = None, *, image: Any = None) -> 
         _check_integral(image, "image")
         if tuple(image.shape) != tuple(labels.shape):
             raise ValueError(f"image must have the labels' shape {tuple(labels.shape)}, got {tuple(image.shape)}")
-    if kind.is_cuda:
+
+    def on_cpu(a: np.ndarray) -> ComponentStats:
+        lab = _volume(a)
+        if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
+            raise ValueError(f"labels must be non-negative, got minimum {lab.min()}")
+        count = n if n is not None else (int(lab.max()) if lab.size else 0)
+        if count < 0:
+            raise ValueError(f"n must be >= 0, got {count}")
+        img = _volume(to_numpy(image)) if image is not None else None
+        counts, bbox, values = _native.cpu().component_stats(lab, int(count), img)
+        return _stats_of(counts, bbox, values if image is not None else None, ndim)
+
+    def on_cuda(t) -> ComponentStats:
         from fastseg.ops import _cuda_components
 
-        if n is None:
-            n = int(labels.max()) if labels.numel() else 0
-        return _cuda_components.component_stats(labels, int(n), image)
-    lab = _volume(to_numpy(labels))
-    if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
-        raise ValueError(f"labels must be non-negative, got minimum {lab.min()}")
-    if n is None:
-        n = int(lab.max()) if lab.size else 0
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    img = _volume(to_numpy(image)) if image is not None else None
-    return _stats_cpu(lab, int(n), img, ndim, kind)
+        count = n if n is not None else (int(t.max()) if t.numel() else 0)
+        return _cuda_components.component_stats(t, int(count), image)
+
+    return dispatch(labels, "labels", cpu=on_cpu, cuda=on_cuda)
 
 
 # --- nnU-Net's largest-component post-processing --------------------------------------------------
@@ -307,16 +282,20 @@ def remove_all_but_largest_component(
         raise ValueError(f"background_label must be an integer that fits seg's dtype {dtype}, got {background_label!r}")
     # Labels the dtype cannot hold match no voxel.
     members = sorted({m for m in members if _fits(m, dtype)})
-    if kind.is_cuda:
+
+    def on_cpu(a: np.ndarray) -> np.ndarray:
+        vol = _volume(a)
+        out = _native.cpu().remove_all_but_largest(
+            vol, np.asarray(members, dtype=vol.dtype), np.asarray([background_label], dtype=vol.dtype), connectivity
+        )
+        return out.reshape(a.shape)
+
+    def on_cuda(t):
         from fastseg.ops import _cuda_components
 
-        return _cuda_components.remove_all_but_largest(seg, members, int(background_label), connectivity)
-    a = to_numpy(seg)
-    vol = _volume(a)
-    out = _native.cpu().remove_all_but_largest(
-        vol, np.asarray(members, dtype=vol.dtype), np.asarray([background_label], dtype=vol.dtype), connectivity
-    )
-    return back(out.reshape(a.shape), kind)
+        return _cuda_components.remove_all_but_largest(t, members, int(background_label), connectivity)
+
+    return dispatch(seg, "seg", cpu=on_cpu, cuda=on_cuda)
 
 
 def _fits(value: int, dtype: np.dtype) -> bool:
@@ -356,10 +335,12 @@ def fill_holes(mask: Any, *, slice_wise: bool = False, connectivity: int | None 
     default = 6 if ndim == 3 and not slice_wise else 4
     connectivity = default if connectivity is None else _check_connectivity(connectivity, ndim, slice_wise)
     _check_size(mask, kind.is_torch)
-    if kind.is_cuda:
+
+    def on_cuda(t):
         from fastseg.ops import _cuda_components
 
-        return _cuda_components.fill_holes(mask, connectivity)
-    a = to_numpy(mask)
-    out = _native.cpu().fill_holes(_volume(a), connectivity)
-    return back(out.reshape(a.shape), kind)
+        return _cuda_components.fill_holes(t, connectivity)
+
+    return dispatch(
+        mask, "mask", cpu=lambda a: _native.cpu().fill_holes(_volume(a), connectivity).reshape(a.shape), cuda=on_cuda
+    )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import kind_of, torch
+from fastseg.ops._arrays import check_finite, check_result_size, dispatch, kind_of, torch
 from fastseg.ops.resample import ANISO_THRESHOLD, _check_new_shape, _check_spacing, separate_z_axis
 
 
@@ -124,8 +124,10 @@ def export_segmentation(
         TypeError: ``logits`` or ``weights`` is neither a numpy array nor a torch tensor.
         ValueError: wrong ndim or dtype, empty logits, a new_shape/spacing of the wrong length or
             with non-positive entries, weights whose shape differs from the logits' spatial shape,
-            regions_class_order of the wrong length, an order other than 0 or 1, or more classes
-            than uint16 labels can hold.
+            regions_class_order of the wrong length, an order other than 0 or 1, more classes
+            than uint16 labels can hold, NaN or Inf in the logits or the weights (as float32), or
+            results (labels, probabilities) larger than the memory of the machine, or of the GPU
+            for CUDA tensors (checked before anything is allocated).
     """
     kind = kind_of(logits, "logits")
     if logits.ndim not in (3, 4):
@@ -164,40 +166,54 @@ def export_segmentation(
     out3 = target if spatial_ndim == 3 else (1,) + target
     orders = export_orders(in3, out3, axis_z, order, order_z)
     label_dtype = _label_dtype(num_classes, regions)
+    results = [("labels", target, label_dtype)]
+    if return_probabilities:
+        results.append(("probabilities", (num_classes,) + target, np.float32))
+    check_result_size(
+        f"exporting logits of shape {shape} to new_shape {target}",
+        results,
+        kind,
+        "Check new_shape (the shape of the image after cropping, before resampling).",
+    )
 
-    if kind.is_cuda:
-        labels, probabilities = _export_cuda(
-            logits, weights, in3, out3, orders, regions, label_dtype, return_probabilities
-        )
-    else:
-        labels, probabilities = _export_cpu(
-            logits, weights, in3, out3, orders, regions, label_dtype, return_probabilities
-        )
-        if kind.is_torch:
-            labels = torch.from_numpy(labels)
-            probabilities = None if probabilities is None else torch.from_numpy(probabilities)
+    args = (in3, out3, orders, regions, label_dtype, return_probabilities)
+    labels, probabilities = dispatch(
+        logits,
+        "logits",
+        cpu=lambda host_logits: _export_cpu(host_logits, weights, *args),
+        cuda=lambda t: _export_cuda(t, weights, *args),
+        host=_host_logits,
+    )
     labels = labels.reshape(target)
     if return_probabilities:
         return labels, probabilities.reshape((num_classes,) + target)
     return labels
 
 
-def _export_cpu(logits, weights, in3, out3, orders, regions, label_dtype, return_probabilities):
-    C = logits.shape[0]
+_NONFINITE_LOGITS = "the labels there would be arbitrary; check the network's output (and the weights) first"
+
+
+def _host_logits(logits: Any) -> tuple[np.ndarray, str]:
+    """CPU logits as a C-contiguous numpy array and the storage name the kernel reads it as: float32 or
+    float16, or bfloat16 as uint16 bits (numpy has no bfloat16); other float types become float32."""
     if isinstance(logits, np.ndarray):
         name = _logit_dtype_name(logits)
-        x = np.ascontiguousarray(logits, dtype=np.float32 if name is None else logits.dtype.newbyteorder("="))
-        name = name or "float32"
-    else:
-        if logits.device.type != "cpu":
-            raise ValueError(f"logits must be on the CPU or a CUDA device, got {logits.device}")
-        t = logits.detach()
-        name = _logit_dtype_name(t)
-        if name is None:
-            t, name = t.float(), "float32"
-        t = t.contiguous()
-        x = t.view(torch.int16).numpy().view(np.uint16) if name == "bfloat16" else t.numpy()
-    x = x.reshape((C,) + tuple(in3))
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, refused by _export_cpu
+            x = np.ascontiguousarray(logits, dtype=np.float32 if name is None else logits.dtype.newbyteorder("="))
+        return x, name or "float32"
+    t = logits.detach()
+    name = _logit_dtype_name(t)
+    if name is None:
+        t, name = t.float(), "float32"
+    t = t.contiguous()
+    return (t.view(torch.int16).numpy().view(np.uint16) if name == "bfloat16" else t.numpy()), name
+
+
+def _export_cpu(host_logits, weights, in3, out3, orders, regions, label_dtype, return_probabilities):
+    x, name = host_logits
+    # After the conversion: float64 values beyond float32's range count as infinite.
+    check_finite(x, "logits", _NONFINITE_LOGITS, storage=name if name == "bfloat16" else None)
+    x = x.reshape((x.shape[0],) + tuple(in3))
     w = None
     if weights is not None:
         if isinstance(weights, np.ndarray):
@@ -206,6 +222,7 @@ def _export_cpu(logits, weights, in3, out3, orders, regions, label_dtype, return
             if weights.device.type != "cpu":
                 raise ValueError(f"weights must be on the logits' device (cpu), got {weights.device}")
             w = weights.detach().to(torch.float32).contiguous().numpy()
+        check_finite(w, "weights", _NONFINITE_LOGITS)
         w = w.reshape(in3)
     result = _native.cpu().export_segmentation(
         x,
@@ -225,6 +242,7 @@ def _export_cuda(logits, weights, in3, out3, orders, regions, label_dtype, retur
     t = logits.detach()
     if _logit_dtype_name(t) is None:
         t = t.float()
+    check_finite(t, "logits", _NONFINITE_LOGITS)
     t = t.contiguous().view((logits.shape[0],) + tuple(in3))
     w = None
     if weights is not None:
@@ -232,6 +250,7 @@ def _export_cuda(logits, weights, in3, out3, orders, regions, label_dtype, retur
             where = weights.device if isinstance(weights, torch.Tensor) else "host (numpy)"
             raise ValueError(f"weights must be on the logits' device {device}, got {where}")
         w = weights.detach().to(torch.float32).contiguous().view(in3)
+        check_finite(w, "weights", _NONFINITE_LOGITS)
     region_tensor = None if regions is None else torch.tensor(regions, dtype=torch.int32, device=device)
     from fastseg.ops import _cuda_inference
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import back, kind_of, native_contiguous, to_numpy
+from fastseg.ops._arrays import dispatch, native_contiguous, to_numpy
 
 #: nnU-Net's scheme names, as plans.json spells them.
 SCHEMES = (
@@ -98,47 +98,61 @@ def normalize(
         TypeError: data is not an array/tensor or has a non-numeric dtype.
     """
     scheme = look_up_scheme(scheme)
-    kind = kind_of(data, "data")
-    if kind.is_cuda:
-        backend: Any = _Triton()
-        x = data
-        if x.is_complex() or str(x.dtype) == "torch.bool":
-            raise TypeError(f"data dtype must be a float or integer type, got {x.dtype}")
-    else:
-        backend = _Cpu()
-        x = to_numpy(data)
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"data dtype must be a float or integer type, got {x.dtype}")
-        if x.dtype == np.float16:
-            x = x.astype(np.float32)
-        x = native_contiguous(x)
+    return dispatch(
+        data,
+        "data",
+        cpu=lambda a: _normalize(_Cpu(), _cpu_data(a), mask, _cpu_mask, scheme, intensity_properties),
+        cuda=lambda t: _normalize(
+            _Triton(), _cuda_data(t), mask, lambda m: m.to(device=t.device).contiguous(), scheme, intensity_properties
+        ),
+    )
 
+
+def _cpu_data(a: np.ndarray) -> np.ndarray:
+    """A numpy view of the data in a type fastseg._C reads: float16 is widened, byte order made native."""
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"data dtype must be a float or integer type, got {a.dtype}")
+    if a.dtype == np.float16:
+        a = a.astype(np.float32)
+    return native_contiguous(a)
+
+
+def _cpu_mask(mask: Any) -> np.ndarray:
+    return native_contiguous(np.asarray(to_numpy(mask)), np.bool_)
+
+
+def _cuda_data(t: Any) -> Any:
+    if t.is_complex() or str(t.dtype) == "torch.bool":
+        raise TypeError(f"data dtype must be a float or integer type, got {t.dtype}")
+    return t
+
+
+def _normalize(backend: Any, x: Any, mask: Any, convert_mask: Any, scheme: str, intensity_properties) -> Any:
+    """The scheme on one backend: x a numpy array (_Cpu) or a CUDA tensor (_Triton), mask as the caller
+    gave it, turned into the backend's kind by convert_mask. Returns float32 of x's kind."""
     m = None
     if scheme == "ZScoreNormalization" and mask is not None:
-        if tuple(mask.shape) != tuple(data.shape):
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(data.shape)}")
-        if kind.is_cuda:
-            m = mask.to(device=data.device).contiguous()
-        else:
-            m = native_contiguous(np.asarray(to_numpy(mask)), np.bool_)
+        if tuple(mask.shape) != tuple(x.shape):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(x.shape)}")
+        m = convert_mask(mask)
 
     if scheme == "CTNormalization":
         props = _ct_properties(intensity_properties)
         lo, hi = props["percentile_00_5"], props["percentile_99_5"]
         out, nonfinite = backend.apply(x, None, lo, hi, props["mean"], max(props["std"], _EPS), True)
         _raise_nonfinite(nonfinite)
-        return out if kind.is_cuda else back(out, kind)
+        return out
 
     if scheme == "NoNormalization":
         out, nonfinite = backend.apply(x, None, 0.0, 0.0, 0.0, 1.0, False)
         _raise_nonfinite(nonfinite)
-        return out if kind.is_cuda else back(out, kind)
+        return out
 
     stats = backend.moments(x, m)
     _raise_nonfinite(stats["nonfinite"])
     if stats["count"] == 0:
         where = "inside the mask" if m is not None else "in data"
-        raise ValueError(f"no voxels {where} to compute normalization statistics from (shape {tuple(data.shape)})")
+        raise ValueError(f"no voxels {where} to compute normalization statistics from (shape {tuple(x.shape)})")
     if scheme == "ZScoreNormalization":
         # nnU-Net computes the statistics of the float32 image; ours are accumulated in double.
         mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
@@ -154,7 +168,7 @@ def normalize(
                 "use ZScoreNormalization or RescaleTo01Normalization for other images"
             )
         out, _ = backend.apply(x, None, 0.0, 0.0, 0.0, 255.0, False)
-    return out if kind.is_cuda else back(out, kind)
+    return out
 
 
 def _ct_properties(props: Mapping[str, float] | None) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fastseg import _native
-from fastseg.ops._arrays import Kind, back, kind_of, native_contiguous, to_numpy
+from fastseg.ops._arrays import check_finite, check_result_size, dispatch, kind_of, native_contiguous
 
 #: nnU-Net's ANISO_THRESHOLD: above this max/min spacing ratio the out-of-plane axis is resampled
 #: separately.
@@ -89,7 +89,8 @@ class _CpuBackend:
         return self.C.resample_axis(x, int(n_out), int(order))
 
     def minmax(self, x, group_axis: int):
-        return self.C.minmax_groups(x, group_axis)
+        lo, hi, _ = self.C.minmax_groups(x, group_axis)
+        return lo, hi
 
     def clip(self, x, group_axis: int, lo, hi) -> None:
         self.C.clip_groups(x, group_axis, lo, hi)
@@ -110,13 +111,10 @@ class _CudaBackend:
         return self.cuda.resample_axis(x, int(n_out), int(order))
 
     def minmax(self, x, group_axis: int):
-        import torch
-
-        nonfinite = int((~torch.isfinite(x)).sum())
         g = x.reshape(x.shape[0], -1) if group_axis == 0 else x.movedim(group_axis, 1).reshape(
             x.shape[0] * x.shape[group_axis], -1
         )
-        return g.amin(dim=1), g.amax(dim=1), nonfinite
+        return g.amin(dim=1), g.amax(dim=1)
 
     def clip(self, x, group_axis: int, lo, hi) -> None:
         # lo/hi hold (C,) or (C, n_axis) values in channel-major order; broadcast them over x.
@@ -140,10 +138,11 @@ def _axis_pass(backend, x, axis: int, n_out: int, order: int):
 
 def _resample_data(backend, x, new_shape, axis_z: int | None, order: int, order_z: int):
     """x: (C, D, H, W) float32 contiguous. axis_z: spatial index resampled separately, or None."""
+    # After the conversion to float32, so that float64 values beyond its range count as infinite.
+    check_finite(x, "data", "resampling would spread them; replace them (e.g. with numpy.nan_to_num) first")
     group_axis = 0 if axis_z is None else axis_z + 1
-    lo, hi, nonfinite = backend.minmax(x, group_axis)
-    if nonfinite:
-        raise ValueError(f"data contains {nonfinite} NaN or infinite values; resampling them would spread them")
+    if order == 3:
+        lo, hi = backend.minmax(x, group_axis)
     spatial = [a for a in range(3) if axis_z is None or a != axis_z]
     # Shrinking axes first keeps the intermediate volumes small; the result does not depend on it.
     spatial.sort(key=lambda a: new_shape[a] / x.shape[a + 1])
@@ -238,7 +237,9 @@ def resample(
     Raises:
         TypeError: `data` is neither a numpy array nor a torch tensor, or has an unsupported dtype.
         ValueError: wrong ndim, empty array, shape/spacing lengths that do not match, non-positive
-            sizes or spacings, an unsupported order, or NaN/Inf in the data.
+            sizes or spacings, an unsupported order, NaN/Inf in the data (as float32), or a result
+            larger than the memory of the machine, or of the GPU for CUDA tensors (checked before
+            anything is allocated).
     """
     kind = kind_of(data, "data")
     if data.ndim not in (3, 4):
@@ -258,13 +259,23 @@ def resample(
     if order_z not in allowed:
         raise ValueError(f"order_z must be one of {allowed} for {what}, got {order_z!r}")
 
+    shape = tuple(int(s) for s in data.shape)
+    check_result_size(
+        f"resampling {what} of shape {shape} to new_shape {target}",
+        [("result", (shape[0],) + target, data.dtype if is_seg else np.float32)],
+        kind,
+        "Check new_shape (compute_new_shape gives it from the spacings).",
+    )
+
     axis_z = separate_z_axis(cur, new, force_separate_z, separate_z_anisotropy_threshold) if spatial_ndim == 3 else None
     shape3 = (1,) + target if spatial_ndim == 2 else target
 
-    if kind.is_cuda:
-        out = _resample_cuda(data, shape3, axis_z, is_seg, order, order_z)
-    else:
-        out = back(_resample_cpu(to_numpy(data), shape3, axis_z, is_seg, order, order_z), kind)
+    out = dispatch(
+        data,
+        "data",
+        cpu=lambda a: _resample_cpu(a, shape3, axis_z, is_seg, order, order_z),
+        cuda=lambda t: _resample_cuda(t, shape3, axis_z, is_seg, order, order_z),
+    )
     return out.reshape((out.shape[0],) + target)
 
 
@@ -292,7 +303,8 @@ def _resample_cpu(a: np.ndarray, shape3, axis_z, is_seg: bool, order: int, order
     if not is_seg:
         if a.dtype.kind not in "fiub":
             raise TypeError(f"data dtype must be a float or integer type, got {a.dtype}")
-        x = native_contiguous(_as_4d(a), np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, refused by _resample_data
+            x = native_contiguous(_as_4d(a), np.float32)
         return _resample_data(backend, x, shape3, axis_z, order, order_z)
     labels_dtype = _seg_labels_dtype(a.dtype)
     s = native_contiguous(_as_4d(a), labels_dtype)

@@ -24,7 +24,7 @@
 // smaller, so every tree's root is its smallest index, and since indices follow raster order, a
 // component's root is its first voxel (CUDA) or first run (CPU). Renumbering roots in index order
 // therefore gives raster-order labels on both devices (the CPU's row-block variant, whose blocks are
-// not in raster order, ranks each component's first voxel instead; components.cpp explains).
+// not in raster order, ranks each component's first voxel instead; csrc/cpu/components_rank.cpp).
 //
 // merge() is written once against a `Link` policy: SerialLink (the CPU's run labeller, one writer
 // per tree) stores the new parent; the CUDA launcher passes an atomicMin-based link, and merge() then
@@ -170,13 +170,6 @@ FASTSEG_HD void unite_splicing(cc_index_t* parent, cc_index_t a, cc_index_t b) {
       pa = parent[a];
     }
   }
-}
-
-// Whether two x-runs of neighbouring rows touch: [s0, e0) and [s1, e1), half-open; `diagonal`
-// lets them touch at a corner (stencil rows whose dx spans -1..1), else they must share an x.
-FASTSEG_HD bool runs_touch(int64_t s0, int64_t e0, int64_t s1, int64_t e1, bool diagonal) {
-  const int64_t d = diagonal ? 1 : 0;
-  return s0 < e1 + d && s1 < e0 + d;
 }
 
 }  // namespace fastseg

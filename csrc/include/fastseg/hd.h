@@ -7,6 +7,18 @@
 // Rules for a body: scalars and raw pointers only, int64_t indices, no allocation, no exceptions,
 // no I/O. Validation belongs to the Python wrappers (first line) and to the bindings (second line).
 //
+// Precision: a body computes in the same types on both devices, so that the CPU tests pin down what
+// the GPU computes. Resampling (resample.h) takes sample positions, tap weights and the cubic B-spline
+// prefilter in double on both: the CPU launcher filters blocks of lines in a double buffer, the CUDA
+// launcher filters each line in a float64 scratch buffer (fastseg/ops/_cuda.py allocates it), and
+// both round an interpolated value to float32 once, on the store. The fused export (inference.h)
+// runs in float32 with float32 tap weights on both. The CUDA module is compiled with --fmad=false
+// and the portable x86-64 CPU build has no FMA instructions, so neither contracts a multiply-add.
+// What still differs: CUDA's double pow() (within 2 ulp) against the C library's, used only by the
+// prefilter's initial sum on lines of at most kCubicHorizon padded samples; and the order in which
+// the CUDA accumulation's atomic adds reach a voxel that several tiles cover. Resampled values
+// therefore agree within a few float32 ulps of the data per axis pass (tests/test_gpu_parity.py).
+//
 // Axis vocabulary, used everywhere: a volume is (C, D, H, W) = (channel, z, y, x), row-major, x
 // contiguous. A 2D image is the same with D = 1.
 #pragma once

@@ -93,6 +93,22 @@ FASTSEG_HD float to_float(BFloat16 b) { return float_from_bits(static_cast<uint3
 
 // --- accumulation --------------------------------------------------------------------------------
 
+// Where a batch of tiles leaves the image, for the bindings' checks (host code; no exception here).
+// Returns b * 3 + a for the first tile b and spatial axis a (z, y, x) whose tile does not fit, or -1
+// when all B tiles do. Tile b fits along axis a when
+//     0 <= offsets[b, a] <= image[a + 1] - tile[a + 2]
+// and the caller has checked tile[a + 2] <= image[a + 1] before. The sum offset + tile is never
+// formed: near 2^63 it wraps around to a negative number, and a tile far outside would pass.
+//   offsets [B, 3]   image (C, D, H, W)   tile (B, C, d, h, w)
+inline int64_t first_tile_outside(const int64_t* offsets, const int64_t image[4], const int64_t tile[5]) {
+  for (int64_t b = 0; b < tile[0]; ++b)
+    for (int a = 0; a < 3; ++a) {
+      const int64_t o = offsets[b * 3 + a];
+      if (o < 0 || o > image[a + 1] - tile[a + 2]) return b * 3 + a;
+    }
+  return -1;
+}
+
 // What one predicted tile element adds to the accumulator: its logit times the importance weight.
 template <typename T>
 FASTSEG_HD float weighted_logit(T logit, float importance) {
