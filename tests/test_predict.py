@@ -1,0 +1,242 @@
+"""`fastseg predict` against nnU-Net's own predictor, on small models trained here.
+
+The models (tests/model_factory.py) are trained for a few dozen iterations on a synthetic CT-like
+dataset, so their predictions are not trivial; the images they predict are larger than the patch
+(several tiles) and have other spacings than the plans' target (resampling both ways). nnU-Net's
+`nnUNetv2_predict_from_modelfolder` runs in the test, with the same folds, step size and TTA.
+
+nnU-Net sums the tiles in float16, fastseg in float32, so labels may differ where two classes'
+logits are within float16 rounding of each other: the bound is 99.9 % equal voxels. Probabilities
+are compared within 2e-3 (the float16 rounding of logits of about 10).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from helpers import fastseg_script
+from model_factory import copy_with_trainer_name, train_model_folder
+
+from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+from fastseg.predict import ModelFolderError, Predictor
+
+pytestmark = pytest.mark.slow
+
+TRAIN_SHAPE = (20, 48, 48)
+TEST_SHAPE = (30, 72, 72)
+
+
+def _nnunet_predict(model: Path, inputs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"
+    cmd = [str(exe if exe.is_file() else "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(out),
+           "-m", str(model), "-f", "0", "-step_size", "0.5", "-npp", "1", "-nps", "1", "-device", "cpu", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def _fastseg(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([fastseg_script(), *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """{name: (model folder, test images folder)} for 3d_fullres, 2d and a region-based 3d_fullres."""
+    root = tmp_path_factory.mktemp("predict")
+    out = {}
+    raw = root / "Dataset951_Pred"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=4, shape=TRAIN_SHAPE, ct=True, name="Pred"), num_processes=1)
+    test = root / "test"
+    write_synthetic_dataset(test, SyntheticConfig(num_cases=2, shape=TEST_SHAPE, ct=True, seed=7), num_processes=1)
+    for name, cfg in (("3d", "3d_fullres"), ("2d", "2d")):
+        model = root / "models" / f"nnUNetTrainer__nnUNetPlans__{cfg}"
+        train_model_folder(raw, root / "work", model, cfg, iterations=30)
+        out[name] = (model, test / "imagesTr")
+    raw_r = root / "Dataset952_Regions"
+    write_synthetic_dataset(raw_r, SyntheticConfig(num_cases=4, shape=TRAIN_SHAPE, ct=True, regions=True), num_processes=1)
+    test_r = root / "test_regions"
+    write_synthetic_dataset(test_r, SyntheticConfig(num_cases=2, shape=TEST_SHAPE, ct=True, regions=True, seed=7), num_processes=1)
+    model = root / "models_regions" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    train_model_folder(raw_r, root / "work_regions", model, "3d_fullres", iterations=30)
+    out["regions"] = (model, test_r / "imagesTr")
+    return out
+
+
+@pytest.fixture(scope="session")
+def nnunet_predictions(models, tmp_path_factory):
+    """nnU-Net's predictions (with probabilities) of each model's test images."""
+    root = tmp_path_factory.mktemp("nnunet")
+    out = {}
+    for name, (model, images) in models.items():
+        run = _nnunet_predict(model, images, root / name, "--save_probabilities")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out[name] = root / name
+    return out
+
+
+def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    img = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(img), img
+
+
+@pytest.mark.parametrize("name", ["3d", "2d", "regions"])
+def test_labels_match_nnunet(models, nnunet_predictions, tmp_path, name):
+    model, images = models[name]
+    out = tmp_path / "pred"
+    run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--save-probabilities")
+    assert run.returncode == 0, run.stdout + run.stderr
+    theirs = sorted(nnunet_predictions[name].glob("*.nii.gz"))
+    assert [p.name for p in sorted(out.glob("*.nii.gz"))] == [p.name for p in theirs] and theirs
+    for ref_path in theirs:
+        ours, ours_img = _read(out / ref_path.name)
+        ref, ref_img = _read(ref_path)
+        assert ours.shape == ref.shape and ours.dtype == ref.dtype
+        assert ours_img.GetSpacing() == ref_img.GetSpacing()
+        assert ours_img.GetOrigin() == ref_img.GetOrigin()
+        assert ours_img.GetDirection() == ref_img.GetDirection()
+        assert len(np.unique(ref)) > 1, "the model predicts one label only: the comparison would say little"
+        agreement = np.mean(ours == ref)
+        assert agreement >= 0.999, f"{ref_path.name}: {agreement:.5f} of voxels equal"
+        p_ours = np.load(out / ref_path.name.replace(".nii.gz", ".npz"))["probabilities"]
+        p_ref = np.load(ref_path.with_name(ref_path.name.replace(".nii.gz", ".npz")))["probabilities"]
+        assert p_ours.shape == p_ref.shape
+        np.testing.assert_allclose(p_ours, p_ref, atol=2e-3)
+        assert (out / ref_path.name.replace(".nii.gz", ".pkl")).is_file()
+
+
+def test_trainer_name_unknown_to_nnunet(models, tmp_path):
+    """A checkpoint saved under a trainer class nnU-Net cannot find: nnU-Net needs the class, fastseg
+    builds the network from the plans and predicts exactly as with the original folder."""
+    model, images = models["3d"]
+    renamed = copy_with_trainer_name(model, tmp_path / "MyLabTrainer__nnUNetPlans__3d_fullres", "MyLabTrainer")
+    one = tmp_path / "one"
+    one.mkdir()
+    first = sorted(images.glob("*.nii.gz"))[0]
+    shutil.copy(first, one / first.name)
+    run = _nnunet_predict(renamed, one, tmp_path / "nnunet")
+    assert run.returncode != 0, "nnU-Net found a trainer class it should not know"
+    for m, o in ((model, "a"), (renamed, "b")):
+        run = _fastseg("predict", "-m", m, "-i", one, "-o", tmp_path / o)
+        assert run.returncode == 0, run.stdout + run.stderr
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / first.name.replace("_0000", ""))))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / first.name.replace("_0000", ""))))
+    assert np.array_equal(a, b)
+
+
+def test_two_fold_ensemble_is_the_mean_of_the_folds(models, tmp_path):
+    model, images = models["3d"]
+    two = tmp_path / "two"
+    shutil.copytree(model, two)
+    ckpt = torch.load(two / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    gen = torch.Generator().manual_seed(3)
+    ckpt["network_weights"] = {
+        k: (v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v)
+        for k, v in ckpt["network_weights"].items()
+    }
+    (two / "fold_1").mkdir()
+    torch.save(ckpt, two / "fold_1" / "checkpoint_final.pth")
+    from fastseg import io as fio
+
+    data, props = fio.read_images(sorted(images.glob("*.nii.gz"))[:1])
+    logits = []
+    for folds in ((0,), (1,), (0, 1)):
+        p = Predictor.from_model_folder(two, folds, tta=False)
+        pre, _ = p.preprocess(data, props)
+        acc, w = p.logits(pre)
+        logits.append(acc / w)
+    np.testing.assert_allclose(logits[2], (logits[0] + logits[1]) / 2, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits[0], logits[1], atol=1e-3)
+
+
+def test_predict_array_equals_predict_file(models, tmp_path):
+    from fastseg import io as fio
+
+    model, images = models["2d"]
+    first = sorted(images.glob("*.nii.gz"))[0]
+    p = Predictor.from_model_folder(model, tta=False)
+    data, props = fio.read_images([first])
+    labels = p.predict_array(data, props)
+    out = p.predict_file(first, tmp_path / "case.nii.gz")
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), labels)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_named_and_the_rest_written(models, tmp_path):
+    model, images = models["3d"]
+    inputs = tmp_path / "in"
+    shutil.copytree(images, inputs)
+    good = sorted(inputs.glob("*.nii.gz"))
+    corrupt = inputs / "broken_0000.nii.gz"
+    corrupt.write_bytes(good[0].read_bytes()[:2000])  # a truncated file
+    (inputs / "extra_0000.nii.gz").write_bytes(good[0].read_bytes())
+    (inputs / "extra_0001.nii.gz").write_bytes(good[0].read_bytes())  # a channel the model does not take
+    out = tmp_path / "out"
+    run = _fastseg("predict", "-m", model, "-i", inputs, "-o", out, "--no-tta")
+    assert run.returncode == 1
+    assert "broken" in run.stderr and "extra" in run.stderr and "channel" in run.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name.replace("_0000", "") for p in good), written
+
+
+def test_model_folder_errors_name_the_file(models, tmp_path):
+    model, images = models["3d"]
+    with pytest.raises(ModelFolderError, match="fold_3.*no fold 3"):
+        Predictor.from_model_folder(model, folds=(3,))
+    broken = tmp_path / "broken_model"
+    shutil.copytree(model, broken)
+    (broken / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFolderError, match="checkpoint_final.pth cannot be read"):
+        Predictor.from_model_folder(broken)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(model, mismatch)
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt["network_weights"] = {k: v[..., :1] if v.ndim > 1 else v for k, v in ckpt["network_weights"].items()}
+    torch.save(ckpt, mismatch / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(ModelFolderError, match="do not fit the network"):
+        Predictor.from_model_folder(mismatch)
+    run = _fastseg("predict", "-m", model, "-f", "3", "-i", images, "-o", tmp_path / "o")
+    assert run.returncode == 1 and "fold_3" in run.stderr and "Traceback" not in run.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = _fastseg("predict", "-m", model, "-i", empty, "-o", tmp_path / "o")
+    assert run.returncode == 1 and "holds no .nii.gz files" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_continue_writes_nothing_new(models, tmp_path):
+    model, images = models["2d"]
+    out = tmp_path / "out"
+    assert _fastseg("predict", "-m", model, "-i", images, "-o", out, "--no-tta").returncode == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--no-tta", "--continue")
+    assert run.returncode == 0 and "0 written, 2 already there" in run.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_killed_run_leaves_no_half_written_file(models, tmp_path):
+    model, images = models["3d"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [fastseg_script(), "predict", "-m", str(model), "-i", str(images), "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out.is_dir() and any(out.iterdir())):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in out.iterdir() if out.is_dir() else ():
+        if not p.name.startswith("."):
+            sitk.ReadImage(str(p))  # every visible file is whole
+    run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--continue")
+    assert run.returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name.replace("_0000", "") for p in images.glob("*.nii.gz"))
