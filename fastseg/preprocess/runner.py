@@ -81,20 +81,21 @@ def _estimates(work_dir: Path, order: Sequence[str], plans: Mapping[str, Any], c
     fp_path = work_dir / workdir.FINGERPRINT
     if not fp_path.is_file():
         return {}
-    fp = workdir.read_json(fp_path)
-    shapes, spacings = fp.get("shapes_after_crop", []), fp.get("spacings", [])
-    if len(shapes) != len(order):
-        return {}
-    forward = plans["transpose_forward"]
+    fp = workdir.read_json(fp_path, ("shapes_after_crop", "spacings"))
+    shapes, spacings = fp["shapes_after_crop"], fp["spacings"]
     out = {}
-    for key, shape, spacing in zip(order, shapes, spacings):
-        shape_t = [shape[a] for a in forward]
-        spacing_t = [spacing[a] for a in forward]
-        after = {}
-        for cp in case_plans:
-            target = list(cp.spacing) if len(cp.spacing) == 3 else [spacing_t[0], *cp.spacing]
-            after[cp.configuration] = int(math.prod(n * s / t for n, s, t in zip(shape_t, spacing_t, target)))
-        out[key] = (math.prod(shape), after)
+    with workdir.interpreting(fp_path, "'shapes_after_crop' and 'spacings'"):
+        if len(shapes) != len(order) or len(spacings) != len(order):
+            return {}
+        forward = plans["transpose_forward"]
+        for key, shape, spacing in zip(order, shapes, spacings):
+            shape_t = [int(shape[a]) for a in forward]
+            spacing_t = [float(spacing[a]) for a in forward]
+            after = {}
+            for cp in case_plans:
+                target = list(cp.spacing) if len(cp.spacing) == 3 else [spacing_t[0], *cp.spacing]
+                after[cp.configuration] = int(math.prod(n * s / t for n, s, t in zip(shape_t, spacing_t, target)))
+            out[key] = (math.prod(shape_t), after)
     return out
 
 
@@ -119,6 +120,7 @@ def preprocess_dataset(
 
     Raises:
         FileNotFoundError: plans.json / dataset.json / the raw dataset is missing.
+        fastseg.plan.workdir.WorkFolderError: a work-folder file is damaged (the message names it).
         ValueError: an unknown configuration.
         fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk).
     """
@@ -126,16 +128,24 @@ def preprocess_dataset(
 
     options = options or PreprocessOptions()
     work_dir = Path(work_dir)
-    plans = workdir.read_json(work_dir / workdir.PLANS)
-    dataset_json = workdir.read_json(work_dir / workdir.DATASET_JSON)
+    plans_path, dataset_json_path = work_dir / workdir.PLANS, work_dir / workdir.DATASET_JSON
+    plans = workdir.read_plans(plans_path)
+    dataset_json = workdir.read_json(dataset_json_path, ("labels",))
+    if not isinstance(dataset_json["labels"], dict):
+        raise workdir.damaged(dataset_json_path, f"'labels' must be a JSON object, got {dataset_json['labels']!r}")
     if raw_dataset_dir is None:
-        raw_dataset_dir = workdir.read_json(work_dir / workdir.SOURCE).get("raw_dataset_dir")
-        if not raw_dataset_dir:
-            raise FileNotFoundError(f"{work_dir / workdir.SOURCE} does not name the raw dataset; pass it explicitly")
+        source_path = work_dir / workdir.SOURCE
+        raw_dataset_dir = workdir.read_json(source_path, ("raw_dataset_dir",))["raw_dataset_dir"]
+        if not isinstance(raw_dataset_dir, str) or not raw_dataset_dir:
+            raise workdir.damaged(source_path, f"'raw_dataset_dir' must name the raw dataset folder, got {raw_dataset_dir!r}")
     raw = fio.load_raw_dataset(Path(raw_dataset_dir), env=env)
 
-    names = data_configurations(plans, list(options.configurations) if options.configurations else None)
-    case_plans = [CasePlan.from_plans(plans, name, dataset_json) for name in names]
+    with workdir.interpreting(plans_path, "its configurations"):
+        names = data_configurations(plans, list(options.configurations) if options.configurations else None)
+    case_plans = []
+    for name in names:
+        with workdir.interpreting(plans_path, f"configuration {name!r}"):
+            case_plans.append(CasePlan.from_plans(plans, name, dataset_json))
     reports = [ConfigurationReport(cp.configuration, work_dir / cp.data_identifier) for cp in case_plans]
     for r in reports:
         r.folder.mkdir(parents=True, exist_ok=True)
