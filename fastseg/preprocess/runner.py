@@ -8,8 +8,10 @@ Each case is read once and preprocessed into every requested configuration (tran
 normalization are shared; only resampling and location sampling are per configuration). Cases run
 in worker processes under a memory budget (`fastseg.runtime.workers`), largest first; the
 estimate per case comes from the fingerprint's cropped shape and the configurations' spacings.
-Finished cases (complete files written with the same plans) are skipped, so an interrupted run
-resumes where it stopped.
+Finished cases (complete, intact files written with the same plans) are skipped, so an interrupted
+run resumes where it stopped; a finished case whose files were damaged since is redone. One run at a
+time: the work folder's lock (`fastseg.runtime.locking.folder_lock`) makes a second run on the same
+folder stop at once with an error naming the first, instead of both redoing every case.
 
 Why not nnU-Net's on-disk format: nnU-Net 2.8.1 writes blosc2-compressed `.b2nd` arrays with a
 `.pkl` of properties, and picks its dataset class from the file endings of the folder (it accepts
@@ -36,7 +38,8 @@ from fastseg.preprocess.caseplan import CasePlan
 from fastseg.io.images import image_voxels
 from fastseg.preprocess.memory import preprocess_bytes
 from fastseg.runtime.workers import Job, default_num_workers, run_jobs
-from fastseg.preprocess.storage import is_complete, remove_temporaries
+from fastseg.preprocess.storage import check_case, remove_temporaries
+from fastseg.runtime.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +122,31 @@ def preprocess_dataset(
         One report per preprocessed configuration (processed and skipped cases, output folder).
 
     Raises:
-        FileNotFoundError: plans.json / dataset.json / the raw dataset is missing.
+        FileNotFoundError: the work folder / plans.json / dataset.json / the raw dataset is missing.
         fastseg.plan.workdir.WorkFolderError: a work-folder file is damaged (the message names it).
+        fastseg.runtime.locking.FolderInUseError: another process writes into the work folder (one
+            run at a time: a second one stops at once, naming the first).
         ValueError: an unknown configuration.
-        fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk).
+        fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk); a full disk
+            gives a `fastseg.io.atomic.DiskFullError` naming the file.
     """
-    from fastseg import io as fio
-
     options = options or PreprocessOptions()
     work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        raise FileNotFoundError(
+            f"{work_dir / workdir.PLANS} not found (there is no folder {work_dir}); "
+            f"run `fastseg plan RAW_DATASET_DIR -o {work_dir}` first"
+        )
+    with folder_lock(work_dir, "fastseg preprocess"):
+        return _preprocess(work_dir, raw_dataset_dir, options, env)
+
+
+def _preprocess(
+    work_dir: Path, raw_dataset_dir: str | Path | None, options: PreprocessOptions, env: Mapping[str, str] | None
+) -> list[ConfigurationReport]:
+    """`preprocess_dataset` with the work folder's lock held."""
+    from fastseg import io as fio
+
     plans_path, dataset_json_path = work_dir / workdir.PLANS, work_dir / workdir.DATASET_JSON
     plans = workdir.read_plans(plans_path)
     dataset_json = workdir.read_json(dataset_json_path, ("labels",))
@@ -160,9 +179,15 @@ def preprocess_dataset(
     for key in order:
         todo = []
         for cp, report in zip(case_plans, reports):
-            if not options.overwrite and is_complete(report.folder, key, cp.digest()):
+            if options.overwrite:
+                todo.append((cp, report))
+                continue
+            complete, damage = check_case(report.folder, key, cp.digest())
+            if complete:
                 report.skipped.append(key)
             else:
+                if damage is not None:
+                    logger.warning("%s: case %s was finished but %s; preprocessing it again", report.folder, key, damage)
                 todo.append((cp, report))
         if not todo:
             continue
