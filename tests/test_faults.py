@@ -88,6 +88,24 @@ def test_verify_reports_a_broken_link(tmp_path, breaks, file):
     assert {p.file for p in report.errors} == {file}, report.format()
 
 
+def test_verify_reports_a_broken_link_listed_in_dataset_json(tmp_path):
+    from fastseg.io import verify_dataset
+
+    root = tiny_dataset(tmp_path / "ds", cases=("c0", "c1"))
+    link = tmp_path / "elsewhere" / "c1_0000.nii.gz"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "gone.nii.gz")
+    content = json.loads((root / "dataset.json").read_text())
+    content["dataset"] = {
+        c: {"images": [str(link) if c == "c1" else f"imagesTr/{c}_0000.nii.gz"], "label": f"labelsTr/{c}.nii.gz"}
+        for c in ("c0", "c1")
+    }
+    (root / "dataset.json").write_text(json.dumps(content))
+    report = verify_dataset(root, num_processes=1, progress=False)
+    assert [(p.file, p.case) for p in report.errors] == [(str(link), "c1")], report.format()
+    assert "is a broken symbolic link" in report.errors[0].message
+
+
 def test_plan_refuses_a_dangling_channel_link(tmp_path, capsys):
     root = tiny_dataset(tmp_path / "ds")
     dangling(root / "imagesTr" / "c1_0000.nii.gz")

@@ -262,7 +262,9 @@ def _channel_problems(
     counts = Counter(ch for channels in cases.values() for ch in channels)
     decided = expected is None
     if expected is None:
-        expected = {ch for ch, n in counts.items() if 2 * n > total or (2 * n == total and not (declared and ch >= declared))}
+        expected = {
+            ch for ch, n in counts.items() if 2 * n > total or (2 * n == total and not (declared and ch >= declared))
+        }
     problems = []
     for case, channels in sorted(cases.items()):
         for ch in sorted(expected - set(channels)):
@@ -320,13 +322,11 @@ def _scan_listed(root: Path, listed, env, problems: list[Problem]) -> dict[str, 
             continue
         images = [_resolve(root, p, env) for p in entry["images"]]
         label = _resolve(root, entry["label"], env)
-        for p in images:
+        for what, p in [("image", p) for p in images] + [("label", label)]:
             if not p.is_file():
-                why = broken_link(p) or "does not exist"
-                problems.append(_layout(f"image of case {case!r} listed in dataset.json: {why}", _rel(root, p), case))
-        if not label.is_file():
-            why = broken_link(label) or "does not exist"
-            problems.append(_layout(f"label of case {case!r} listed in dataset.json: {why}", _rel(root, label), case))
+                why = broken_link(p)
+                message = f"{what} of case {case!r} listed in dataset.json " + (f"is a {why}" if why else "does not exist")
+                problems.append(_layout(message, _rel(root, p), case))
         cases[case] = CaseFiles(case, images, label if label.is_file() else None)
     return cases
 
