@@ -32,8 +32,12 @@ def test_cli_version_and_help():
     assert "info" in out.stdout
 
 
-def test_cli_info_is_json():
+def test_cli_info_is_json(tmp_path):
     import json
 
-    out = subprocess.run([sys.executable, "-m", "fastseg.cli", "info"], capture_output=True, text=True, check=True)
+    # Run outside the repository: from its root, `python -m` would import the source folder, which has
+    # no compiled module, instead of the installed package.
+    out = subprocess.run(
+        [sys.executable, "-m", "fastseg.cli", "info"], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert json.loads(out.stdout)["fastseg"] == fastseg.__version__
