@@ -62,11 +62,17 @@ def _start_time(pid: int) -> tuple[str, str] | None:
     return fields[19], fields[0]
 
 
+_token: tuple[int, str] | None = None  # (pid, token): a forked child has another pid and recomputes
+
+
 def owner_token() -> str:
     """This process's token: "<pid>.<start time>", or "<pid>" where the start time is unknown."""
+    global _token
     pid = os.getpid()
-    info = _start_time(pid)
-    return f"{pid}.{info[0]}" if info else str(pid)
+    if _token is None or _token[0] != pid:
+        info = _start_time(pid)
+        _token = (pid, f"{pid}.{info[0]}" if info else str(pid))
+    return _token[1]
 
 
 def owner_alive(token: str) -> bool:
