@@ -12,21 +12,29 @@ Writes `<work>/dataset.json` (a byte copy of the raw one), `<work>/dataset_finge
 `<work>/plans.json` (nnU-Net's file names and formats; `nnUNetv2_preprocess` and the nnU-Net
 trainers read them), and `<work>/source.json`, which records the raw dataset folder for
 `fastseg preprocess`.
+
+All or nothing: the work folder is created only once there is something to write (a refused plan
+leaves none), the four files are written under temporary names and renamed into place together
+(`fastseg.io.atomic.StagedFiles`), and on any failure -- a full disk included -- what this run
+created is removed again; files that were there before are never touched. Under the work folder's
+lock (`fastseg.runtime.locking.folder_lock`), taken at the start when the folder exists: a plan
+never rewrites a folder that another command is writing into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fastseg
-from fastseg.io.atomic import write_json_atomic
+from fastseg.io.atomic import StagedFiles, remove_abandoned_temporaries, write_json_atomic
 from fastseg.plan import workdir
 from fastseg.plan.fingerprint import (
     case_order,
@@ -37,6 +45,7 @@ from fastseg.plan.fingerprint import (
     workers_within_memory,
 )
 from fastseg.plan.planner import PlannerOptions, plan_experiment
+from fastseg.runtime.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,39 @@ def verify(
     return report
 
 
+def _created_folders(folder: Path) -> list[Path]:
+    """Creates `folder` and its missing parents; returns those it created, outermost first."""
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+@contextlib.contextmanager
+def _writing_work_folder(work: Path, locked: bool) -> Iterator[StagedFiles]:
+    """Files to write into `work`, all or nothing: creates the folder (and its parents) when it is
+    missing, takes its lock unless `locked`, and on failure removes the staged files and every
+    folder it created."""
+    created = _created_folders(work)
+    try:
+        with folder_lock(work, "fastseg plan") if not locked else contextlib.nullcontext():
+            removed = remove_abandoned_temporaries(work)
+            if removed:
+                logger.info("%s: removed %d temporary files of an interrupted run", work, removed)
+            with StagedFiles(work) as staged:
+                yield staged
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # empty again: the lock file and the staged files are gone
+        raise
+
+
 def plan_dataset(
     raw_dataset_dir: str | Path,
     work_dir: str | Path,
@@ -106,7 +148,7 @@ def plan_dataset(
 
     Args:
         raw_dataset_dir: the raw dataset (dataset.json, imagesTr, labelsTr).
-        work_dir: output folder (created).
+        work_dir: output folder (created, with its parents, once the plans are made).
         options: planner options (default: the classic planner); `dataset_name` defaults to the raw folder's name, as in nnU-Net.
         num_processes: worker processes for verification and fingerprinting (default: the cores).
         run_verification: verify the dataset first (default True).
@@ -116,6 +158,13 @@ def plan_dataset(
 
     Returns:
         The PlanResult.
+
+    Raises:
+        FileNotFoundError: no dataset.json in `raw_dataset_dir`.
+        FileExistsError: `work_dir` exists and is not a folder.
+        ValueError: the dataset fails verification (`fastseg.io.DatasetError` without it).
+        fastseg.runtime.locking.FolderInUseError: another process writes into `work_dir`.
+        fastseg.io.atomic.DiskFullError: no space for the files (nothing of them is left behind).
     """
     from fastseg import io as fio
     from fastseg.runtime.workers import default_num_workers
@@ -123,47 +172,57 @@ def plan_dataset(
     options = options or PlannerOptions()
     raw = Path(raw_dataset_dir).resolve()
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists() and not work.is_dir():
+        raise FileExistsError(f"{work} exists and is not a folder; choose another WORK_DIR")
     if not (raw / "dataset.json").is_file():
         raise FileNotFoundError(f"{raw / 'dataset.json'} not found; RAW_DATASET_DIR must be an nnU-Net v2 raw dataset folder")
     workers = num_processes or default_num_workers()
     seconds: dict[str, float] = {}
 
-    fingerprint = None
-    if run_verification:
-        # One pass over the files: the verification workers also fingerprint each case they read.
+    with contextlib.ExitStack() as held:
+        # An existing work folder is locked now, before minutes of verification, not when writing.
+        locked = work.is_dir()
+        if locked:
+            held.enter_context(folder_lock(work, "fastseg plan"))
+
+        fingerprint = None
+        if run_verification:
+            # One pass over the files: the verification workers also fingerprint each case they read.
+            t = time.perf_counter()
+            scanned, _ = fio.scan_raw_dataset(raw, env=env)
+            pass_workers = workers_within_memory(scanned, workers) if scanned is not None else workers
+            report = verify(raw, pass_workers, progress, env, analyze=fingerprint_verified_case)
+            seconds["verify"] = time.perf_counter() - t
+
         t = time.perf_counter()
-        scanned, _ = fio.scan_raw_dataset(raw, env=env)
-        pass_workers = workers_within_memory(scanned, workers) if scanned is not None else workers
-        report = verify(raw, pass_workers, progress, env, analyze=fingerprint_verified_case)
-        seconds["verify"] = time.perf_counter() - t
+        dataset = fio.load_raw_dataset(raw, env=env)
+        if run_verification:
+            fingerprint = fingerprint_from_cases(dataset, report.analyses)
+        if fingerprint is None:
+            fingerprint = extract_fingerprint(dataset, workers, progress=progress)
+        seconds["fingerprint"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    dataset = fio.load_raw_dataset(raw, env=env)
-    if run_verification:
-        fingerprint = fingerprint_from_cases(dataset, report.analyses)
-    if fingerprint is None:
-        fingerprint = extract_fingerprint(dataset, workers, progress=progress)
-    save_fingerprint(fingerprint, work / workdir.FINGERPRINT)
-    seconds["fingerprint"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if options.dataset_name is None:
-        options = dataclasses.replace(options, dataset_name=raw.name)
-    plans = plan_experiment(fingerprint, dataset.dataset_json, options)
-    shutil.copyfile(raw / "dataset.json", work / workdir.DATASET_JSON)
-    write_json_atomic(plans, work / workdir.PLANS, sort_keys=False)
-    write_json_atomic(
-        {
+        t = time.perf_counter()
+        if options.dataset_name is None:
+            options = dataclasses.replace(options, dataset_name=raw.name)
+        plans = plan_experiment(fingerprint, dataset.dataset_json, options)
+        source = {
             "raw_dataset_dir": str(raw),
             "planner": options.planner,
             "gpu_memory_gb": options.gpu_memory_gb,
             "case_identifiers": case_order(dataset.dataset_json, list(dataset.cases)),
             "fastseg_version": fastseg.__version__,
-        },
-        work / workdir.SOURCE,
-    )
-    seconds["plan"] = time.perf_counter() - t
+        }
+        with _writing_work_folder(work, locked) as staged:
+            with staged.writing(workdir.FINGERPRINT) as path:
+                save_fingerprint(fingerprint, path)
+            with staged.writing(workdir.DATASET_JSON) as path:
+                shutil.copyfile(raw / "dataset.json", path)
+            with staged.writing(workdir.PLANS) as path:
+                write_json_atomic(plans, path, sort_keys=False)
+            with staged.writing(workdir.SOURCE) as path:
+                write_json_atomic(source, path)
+        seconds["plan"] = time.perf_counter() - t
     logger.info("wrote %s, %s and %s", work / workdir.FINGERPRINT, work / workdir.PLANS, work / workdir.DATASET_JSON)
     return PlanResult(plans, fingerprint, work, seconds)
 

@@ -12,16 +12,18 @@ logger = logging.getLogger(__name__)
 
 
 def reports_errors(run):
-    """Turns the errors a user can fix (bad input, missing files, a failing case) into one message on
-    stderr and exit status 1, instead of a traceback."""
+    """Turns the errors a user can fix (bad input, missing or damaged files, a failing case, a full
+    disk, a folder another command is writing into) into one message on stderr and exit status 1,
+    instead of a traceback."""
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
+        from fastseg.runtime.locking import FolderInUseError
         from fastseg.runtime.workers import CaseError
 
         try:
             return run(args)
-        except (ValueError, FileNotFoundError, FileExistsError, CaseError) as err:
+        except (ValueError, OSError, CaseError, FolderInUseError) as err:
             logger.debug("details", exc_info=True)
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -88,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Verifies an nnU-Net v2 raw dataset, extracts its fingerprint (cropped shapes, spacings, foreground "
             "intensity statistics) and plans the 2d / 3d_fullres / 3d_lowres / 3d_cascade_fullres configurations "
             "with nnU-Net's rules. Writes WORK_DIR/dataset.json, dataset_fingerprint.json and plans.json (readable "
-            "by nnU-Net) and WORK_DIR/source.json (where the raw data is, for `fastseg preprocess`)."
+            "by nnU-Net) and WORK_DIR/source.json (where the raw data is, for `fastseg preprocess`). Nothing is "
+            "written unless planning succeeds (WORK_DIR is created only then); one command at a time may write "
+            "into WORK_DIR: while another one does, this one stops at once with an error naming it."
         ),
         epilog=(
             "Examples:\n"

@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Preprocesses every training case of the dataset planned in WORK_DIR (by `fastseg plan`): transpose, crop "
             "to the nonzero region, normalize, resample to each configuration's spacing, and sample foreground "
             "locations. Writes WORK_DIR/<data_identifier>/<case>.npy (float32), <case>_seg.npy (int8/int16) and "
-            "<case>.json. Each case is written atomically; a rerun skips finished cases, so an interrupted run can be "
-            "resumed by running the same command again."
+            "<case>.json. Each case is written atomically; a rerun skips finished cases (and redoes damaged ones), so "
+            "an interrupted run can be resumed by running the same command again. One command at a time may write "
+            "into WORK_DIR: while another one does, this one stops at once with an error naming it."
         ),
         epilog=(
             "Examples:\n"

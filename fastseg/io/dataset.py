@@ -17,8 +17,10 @@ relative to the dataset folder or absolute, with `$VAR` expanded from the `env` 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,26 @@ def _rel(root: Path, path: Path) -> str:
         return str(path)
 
 
+def broken_link(path: Path) -> str | None:
+    """What is wrong with `path` when it is a symbolic link that leads to no file (its target is gone,
+    or links loop), with what to do; None for anything else."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+        return None
+    except OSError as e:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if e.errno == errno.ELOOP:
+            what = f"broken symbolic link: it leads to {target!r}, and on through a loop of links that never reaches a file"
+        else:
+            what = f"broken symbolic link to {target!r}, which does not exist"
+        return what + "; point the link at the file, or replace it with the file"
+
+
 def _is_sidecar(name: str, ending: str) -> bool:
     return ending.lower() in TIFF_ENDINGS and name.endswith(".json")
 
@@ -174,6 +196,8 @@ def _scan_images(
             problems.append(_stray(f"unexpected folder in {folder}; it should hold only image files", rel))
         elif m := pattern.match(name):
             found.setdefault(m["case"], {})[int(m["channel"])] = entry
+            if why := broken_link(entry):
+                problems.append(_layout(why, rel, m["case"]))
         elif _is_sidecar(name, ending):
             sidecars.add(name[: -len(".json")])
         elif name.endswith(ending):
@@ -201,6 +225,8 @@ def _scan_labels(root: Path, ending: str, problems: list[Problem]) -> tuple[dict
             problems.append(_stray("unexpected folder in labelsTr; it should hold only label files", rel))
         elif name.endswith(ending) and len(name) > len(ending):
             found[name[: -len(ending)]] = entry
+            if why := broken_link(entry):
+                problems.append(_layout(why, rel, name[: -len(ending)]))
         elif _is_sidecar(name, ending):
             sidecars.add(name[: -len(".json")])
         else:
@@ -210,19 +236,62 @@ def _scan_labels(root: Path, ending: str, problems: list[Problem]) -> tuple[dict
     return found, sidecars
 
 
-def _channel_problems(folder: str, cases: dict[str, dict[int, Path]], expected: set[int], ending: str) -> list[Problem]:
-    """A problem for every channel file a case lacks that other cases have."""
+def _channel_problems(
+    folder: str,
+    cases: dict[str, dict[int, Path]],
+    ending: str,
+    declared: int,
+    expected: set[int] | None = None,
+) -> tuple[list[Problem], set[int]]:
+    """Channel files that cases lack or have too many of, and the channel indices every case needs.
+
+    Args:
+        folder: "imagesTr" or "imagesTs".
+        cases: {case: {channel index: file}} as found.
+        ending: the file ending.
+        declared: channels dataset.json's channel_names declares (0: unknown).
+        expected: the channel indices to require (imagesTs takes those of imagesTr); None decides
+            from `cases`: an index that fewer than half of the cases have a file for is an extra
+            file in those cases, and so is one that half of them have when it lies beyond what
+            channel_names declares (every file holds at least one channel; an RGB image or a 4D
+            file holds more). Every case lacking any other index misses a file. (When most cases
+            have more files than channel_names declares, channel_names is what is wrong: the
+            content check reports it.)
+    """
+    total = len(cases)
+    counts = Counter(ch for channels in cases.values() for ch in channels)
+    decided = expected is None
+    if expected is None:
+        expected = {
+            ch for ch, n in counts.items() if 2 * n > total or (2 * n == total and not (declared and ch >= declared))
+        }
     problems = []
     for case, channels in sorted(cases.items()):
         for ch in sorted(expected - set(channels)):
+            why = f"{counts[ch]} of {total} cases have one" if decided else "the training cases have it"
             problems.append(
                 _layout(
-                    f"case {case!r} has no file for channel {ch} (other cases have it); add it or remove the case",
+                    f"case {case!r} has no file for channel {ch} ({why}); add it or remove the case",
                     f"{folder}/{case}_{ch:04d}{ending}",
                     case,
                 )
             )
-    return problems
+        for ch in sorted(set(channels) - expected):
+            if decided:
+                why = f"only {counts[ch]} of {total} cases have one"
+            else:
+                why = f"the training cases have channel files {sorted(expected)} only"
+            if declared and ch >= declared:
+                why += f", and dataset.json's channel_names declares {declared} channel(s)"
+            problems.append(
+                _layout(
+                    f"case {case!r} has an extra file for channel {ch} ({why}); remove it, or declare the channel "
+                    "and give every case a file for it",
+                    f"{folder}/{case}_{ch:04d}{ending}",
+                    case,
+                )
+            )
+    return problems, expected
 
 
 def _case_files(cases: dict[str, dict[int, Path]], labels: dict[str, Path] | None) -> dict[str, CaseFiles]:
@@ -253,21 +322,19 @@ def _scan_listed(root: Path, listed, env, problems: list[Problem]) -> dict[str, 
             continue
         images = [_resolve(root, p, env) for p in entry["images"]]
         label = _resolve(root, entry["label"], env)
-        for p in images:
+        for what, p in [("image", p) for p in images] + [("label", label)]:
             if not p.is_file():
-                problems.append(
-                    _layout(f"image of case {case!r} listed in dataset.json does not exist", _rel(root, p), case)
-                )
-        if not label.is_file():
-            problems.append(
-                _layout(f"label of case {case!r} listed in dataset.json does not exist", _rel(root, label), case)
-            )
+                why = broken_link(p)
+                message = f"{what} of case {case!r} listed in dataset.json " + (f"is a {why}" if why else "does not exist")
+                problems.append(_layout(message, _rel(root, p), case))
         cases[case] = CaseFiles(case, images, label if label.is_file() else None)
     return cases
 
 
-def _scan_folders(root: Path, ending: str, problems: list[Problem]) -> tuple[dict[str, CaseFiles], set[int]]:
-    """Training cases from imagesTr/labelsTr, and the channel indices they use."""
+def _scan_folders(
+    root: Path, ending: str, declared: int, problems: list[Problem]
+) -> tuple[dict[str, CaseFiles], set[int]]:
+    """Training cases from imagesTr/labelsTr, and the channel indices every case needs."""
     for folder in ("imagesTr", "labelsTr"):
         if not (root / folder).is_dir():
             problems.append(
@@ -281,14 +348,14 @@ def _scan_folders(root: Path, ending: str, problems: list[Problem]) -> tuple[dic
         images, img_sidecars = _scan_images(root, "imagesTr", ending, problems)
     if (root / "labelsTr").is_dir():
         labels, seg_sidecars = _scan_labels(root, ending, problems)
-    channels = set().union(*images.values()) if images else set()
+    channel_problems, channels = _channel_problems("imagesTr", images, ending, declared)
     if channels and channels != set(range(max(channels) + 1)):
         problems.append(
             _layout(
                 f"channel indices in imagesTr are {sorted(channels)}; they must be consecutive from 0000", "imagesTr"
             )
         )
-    problems.extend(_channel_problems("imagesTr", images, channels, ending))
+    problems.extend(channel_problems)
     for case in sorted(images):
         if case not in labels:
             problems.append(_layout(f"training case {case!r} has no label file", f"labelsTr/{case}{ending}", case))
@@ -329,16 +396,16 @@ def scan_raw_dataset(
         return None, problems
     ending = content["file_ending"]
     dataset = RawDataset(root, content)
+    declared = dataset.num_channels
     if "dataset" in content:
         dataset.cases = _scan_listed(root, content["dataset"], env, problems)
         channels: set[int] = set()
     else:
-        dataset.cases, channels = _scan_folders(root, ending, problems)
+        dataset.cases, channels = _scan_folders(root, ending, declared, problems)
 
     if (root / "imagesTs").is_dir():
         test, sidecars = _scan_images(root, "imagesTs", ending, problems)
-        test_channels = channels or set().union(*test.values())
-        problems.extend(_channel_problems("imagesTs", test, test_channels, ending))
+        problems.extend(_channel_problems("imagesTs", test, ending, declared, channels or None)[0])
         for stem in sorted(sidecars - set(test)):
             problems.append(_stray("JSON sidecar of no case", f"imagesTs/{stem}.json"))
         dataset.test_cases = _case_files(test, None)

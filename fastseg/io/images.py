@@ -77,7 +77,13 @@ def read_images(paths: Sequence[PathLike]) -> tuple[np.ndarray, dict]:
 
 def stack_channels(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """The (c, z, y, x) arrays of a case's channel files (same spatial shape) as one float32
-    (C, z, y, x) array, channels in file order: what `read_images` returns."""
+    (C, z, y, x) array, channels in file order: what `read_images` returns.
+
+    Raises:
+        ValueError: no arrays.
+    """
+    if not arrays:
+        raise ValueError("stack_channels needs the arrays of at least one channel file, got none")
     out = np.empty((sum(a.shape[0] for a in arrays), *arrays[0].shape[1:]), dtype=np.float32)
     c = 0
     for a in arrays:

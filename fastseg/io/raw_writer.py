@@ -4,12 +4,21 @@ Converters and the synthetic generator write into a hidden staging folder next t
 dataset.json, verify the result with `verify_dataset`, and only then move the folder into place.
 When anything fails (an exception, or a verification error) the staging folder is deleted: the
 target is either the complete, verified dataset or untouched.
+
+A writer that is killed (SIGKILL, the out-of-memory killer, a power cut) cannot clean up. Its
+folders carry its owner token (`fastseg.runtime.locking.owner_token`) in their names --
+`.staging-<owner>-<random>-<target>`, and `.replaced-<owner>-<random>-<target>` for the old dataset
+while it is being replaced -- so the next `staged_dataset` for the same target removes the staging
+folders of writers that are gone, and puts back an old dataset whose replacement was cut off
+between its two renames. Folders of live writers are never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
@@ -20,6 +29,11 @@ import numpy as np
 from fastseg.io.errors import DatasetError
 from fastseg.io.images import write_image, write_seg
 from fastseg.io.report import VerificationReport
+from fastseg.runtime.locking import owner_alive, owner_token
+
+logger = logging.getLogger(__name__)
+
+_LEFTOVER = re.compile(r"^\.(?P<kind>staging|replaced)-(?P<owner>\d+(?:\.\d+)?)-[0-9a-f]{8}-(?P<target>.+)$")
 
 
 def case_file_names(identifier: str, num_files: int, file_ending: str) -> tuple[list[str], str]:
@@ -69,6 +83,25 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
+def remove_abandoned_staging(target: str | os.PathLike) -> None:
+    """Cleans up after writers of `target` that were killed: removes their staging folders, and
+    either removes the old dataset they had moved aside (when the new one is in place) or moves it
+    back (when they were killed before the new one was). Folders of live writers stay."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for p in sorted(target.parent.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if m is None or m["target"] != target.name or owner_alive(m["owner"]):
+            continue
+        if m["kind"] == "replaced" and not target.exists():
+            os.replace(p, target)
+            logger.warning("%s: put back the dataset an interrupted replacement had moved aside (%s)", target, p.name)
+        else:
+            logger.info("removing %s, left by a writer of %s that was killed", p, target.name)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dataset(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty hidden folder next to `target`; moves it onto `target` when the block succeeds.
@@ -80,17 +113,20 @@ def staged_dataset(target: str | os.PathLike, *, overwrite: bool = False) -> Ite
     Raises:
         FileExistsError: `target` exists, is not empty, and `overwrite` is False (checked before and
             after the block, so nothing is lost when it appears meanwhile).
+
+    Before anything else, what killed writers of `target` left is cleaned up (`remove_abandoned_staging`).
     """
     target = Path(target)
+    remove_abandoned_staging(target)
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".staging-{secrets.token_hex(4)}-{target.name}")
+    staging = target.with_name(f".staging-{owner_token()}-{secrets.token_hex(4)}-{target.name}")
     staging.mkdir()
     try:
         yield staging
         _check_target(target, overwrite)
         if target.exists():
-            trash = target.with_name(f".replaced-{secrets.token_hex(4)}-{target.name}")
+            trash = target.with_name(f".replaced-{owner_token()}-{secrets.token_hex(4)}-{target.name}")
             os.replace(target, trash)
             os.replace(staging, target)
             shutil.rmtree(trash, ignore_errors=True)

@@ -256,7 +256,7 @@ def _check_case(job: _CaseJob) -> _CaseResult:
     images = _check_images(job, res.problems, arrays)
     if job.label is not None:
         res.labels_found = _check_label(job, images, res.problems, labels)
-    if analyze is None or any(p.severity == "error" for p in res.problems) or not labels or len(arrays) != len(job.images):
+    if analyze is None or any(p.severity == "error" for p in res.problems) or not labels or not arrays or len(arrays) != len(job.images):
         return res
     case = VerifiedCase(job.identifier, stack_channels(arrays), images[0][2], labels[0], job.num_training_cases)
     del arrays[:]  # the float32 stack replaces the channels as read
@@ -324,7 +324,7 @@ def verify_dataset(
             case.identifier,
             str(root),
             tuple(str(p) for p in case.images if p.is_file()),
-            str(case.label) if with_label and case.label is not None else None,
+            str(case.label) if with_label and case.label is not None and case.label.is_file() else None,
             dataset.num_channels if complete else None,
             expected_labels,
             analyze if with_label and complete else None,

@@ -8,8 +8,10 @@ Each case is read once and preprocessed into every requested configuration (tran
 normalization are shared; only resampling and location sampling are per configuration). Cases run
 in worker processes under a memory budget (`fastseg.runtime.workers`), largest first; the
 estimate per case comes from the fingerprint's cropped shape and the configurations' spacings.
-Finished cases (complete files written with the same plans) are skipped, so an interrupted run
-resumes where it stopped.
+Finished cases (complete, intact files written with the same plans) are skipped, so an interrupted
+run resumes where it stopped; a finished case whose files were damaged since is redone. One run at a
+time: the work folder's lock (`fastseg.runtime.locking.folder_lock`) makes a second run on the same
+folder stop at once with an error naming the first, instead of both redoing every case.
 
 Why not nnU-Net's on-disk format: nnU-Net 2.8.1 writes blosc2-compressed `.b2nd` arrays with a
 `.pkl` of properties, and picks its dataset class from the file endings of the folder (it accepts
@@ -36,7 +38,8 @@ from fastseg.preprocess.caseplan import CasePlan
 from fastseg.io.images import image_voxels
 from fastseg.preprocess.memory import preprocess_bytes
 from fastseg.runtime.workers import Job, default_num_workers, run_jobs
-from fastseg.preprocess.storage import is_complete, remove_temporaries
+from fastseg.preprocess.storage import check_case, remove_temporaries
+from fastseg.runtime.locking import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +84,21 @@ def _estimates(work_dir: Path, order: Sequence[str], plans: Mapping[str, Any], c
     fp_path = work_dir / workdir.FINGERPRINT
     if not fp_path.is_file():
         return {}
-    fp = workdir.read_json(fp_path)
-    shapes, spacings = fp.get("shapes_after_crop", []), fp.get("spacings", [])
-    if len(shapes) != len(order):
-        return {}
-    forward = plans["transpose_forward"]
+    fp = workdir.read_json(fp_path, ("shapes_after_crop", "spacings"))
+    shapes, spacings = fp["shapes_after_crop"], fp["spacings"]
     out = {}
-    for key, shape, spacing in zip(order, shapes, spacings):
-        shape_t = [shape[a] for a in forward]
-        spacing_t = [spacing[a] for a in forward]
-        after = {}
-        for cp in case_plans:
-            target = list(cp.spacing) if len(cp.spacing) == 3 else [spacing_t[0], *cp.spacing]
-            after[cp.configuration] = int(math.prod(n * s / t for n, s, t in zip(shape_t, spacing_t, target)))
-        out[key] = (math.prod(shape), after)
+    with workdir.interpreting(fp_path, "'shapes_after_crop' and 'spacings'"):
+        if len(shapes) != len(order) or len(spacings) != len(order):
+            return {}
+        forward = plans["transpose_forward"]
+        for key, shape, spacing in zip(order, shapes, spacings):
+            shape_t = [int(shape[a]) for a in forward]
+            spacing_t = [float(spacing[a]) for a in forward]
+            after = {}
+            for cp in case_plans:
+                target = list(cp.spacing) if len(cp.spacing) == 3 else [spacing_t[0], *cp.spacing]
+                after[cp.configuration] = int(math.prod(n * s / t for n, s, t in zip(shape_t, spacing_t, target)))
+            out[key] = (math.prod(shape_t), after)
     return out
 
 
@@ -118,24 +122,49 @@ def preprocess_dataset(
         One report per preprocessed configuration (processed and skipped cases, output folder).
 
     Raises:
-        FileNotFoundError: plans.json / dataset.json / the raw dataset is missing.
+        FileNotFoundError: the work folder / plans.json / dataset.json / the raw dataset is missing.
+        fastseg.plan.workdir.WorkFolderError: a work-folder file is damaged (the message names it).
+        fastseg.runtime.locking.FolderInUseError: another process writes into the work folder (one
+            run at a time: a second one stops at once, naming the first).
         ValueError: an unknown configuration.
-        fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk).
+        fastseg.runtime.workers.CaseError: a case failed (finished cases stay on disk); a full disk
+            gives a `fastseg.io.atomic.DiskFullError` naming the file.
     """
-    from fastseg import io as fio
-
     options = options or PreprocessOptions()
     work_dir = Path(work_dir)
-    plans = workdir.read_json(work_dir / workdir.PLANS)
-    dataset_json = workdir.read_json(work_dir / workdir.DATASET_JSON)
+    if not work_dir.is_dir():
+        raise FileNotFoundError(
+            f"{work_dir / workdir.PLANS} not found (there is no folder {work_dir}); "
+            f"run `fastseg plan RAW_DATASET_DIR -o {work_dir}` first"
+        )
+    with folder_lock(work_dir, "fastseg preprocess"):
+        return _preprocess(work_dir, raw_dataset_dir, options, env)
+
+
+def _preprocess(
+    work_dir: Path, raw_dataset_dir: str | Path | None, options: PreprocessOptions, env: Mapping[str, str] | None
+) -> list[ConfigurationReport]:
+    """`preprocess_dataset` with the work folder's lock held."""
+    from fastseg import io as fio
+
+    plans_path, dataset_json_path = work_dir / workdir.PLANS, work_dir / workdir.DATASET_JSON
+    plans = workdir.read_plans(plans_path)
+    dataset_json = workdir.read_json(dataset_json_path, ("labels",))
+    if not isinstance(dataset_json["labels"], dict):
+        raise workdir.damaged(dataset_json_path, f"'labels' must be a JSON object, got {dataset_json['labels']!r}")
     if raw_dataset_dir is None:
-        raw_dataset_dir = workdir.read_json(work_dir / workdir.SOURCE).get("raw_dataset_dir")
-        if not raw_dataset_dir:
-            raise FileNotFoundError(f"{work_dir / workdir.SOURCE} does not name the raw dataset; pass it explicitly")
+        source_path = work_dir / workdir.SOURCE
+        raw_dataset_dir = workdir.read_json(source_path, ("raw_dataset_dir",))["raw_dataset_dir"]
+        if not isinstance(raw_dataset_dir, str) or not raw_dataset_dir:
+            raise workdir.damaged(source_path, f"'raw_dataset_dir' must name the raw dataset folder, got {raw_dataset_dir!r}")
     raw = fio.load_raw_dataset(Path(raw_dataset_dir), env=env)
 
-    names = data_configurations(plans, list(options.configurations) if options.configurations else None)
-    case_plans = [CasePlan.from_plans(plans, name, dataset_json) for name in names]
+    with workdir.interpreting(plans_path, "its configurations"):
+        names = data_configurations(plans, list(options.configurations) if options.configurations else None)
+    case_plans = []
+    for name in names:
+        with workdir.interpreting(plans_path, f"configuration {name!r}"):
+            case_plans.append(CasePlan.from_plans(plans, name, dataset_json))
     reports = [ConfigurationReport(cp.configuration, work_dir / cp.data_identifier) for cp in case_plans]
     for r in reports:
         r.folder.mkdir(parents=True, exist_ok=True)
@@ -150,9 +179,15 @@ def preprocess_dataset(
     for key in order:
         todo = []
         for cp, report in zip(case_plans, reports):
-            if not options.overwrite and is_complete(report.folder, key, cp.digest()):
+            if options.overwrite:
+                todo.append((cp, report))
+                continue
+            complete, damage = check_case(report.folder, key, cp.digest())
+            if complete:
                 report.skipped.append(key)
             else:
+                if damage is not None:
+                    logger.warning("%s: case %s was finished but %s; preprocessing it again", report.folder, key, damage)
                 todo.append((cp, report))
         if not todo:
             continue

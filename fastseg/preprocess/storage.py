@@ -8,8 +8,10 @@
   class_locations) plus `preprocessing_hash`, which identifies the plans the case was made with.
 
 Writes are atomic (`fastseg.io.atomic`): every file goes to a hidden temporary name in the same
-folder and is renamed into place, the JSON last. A case is complete exactly when its JSON exists (with the expected hash), so
-an interrupted run leaves no half-written case and a rerun skips finished ones.
+folder and is renamed into place, the JSON last, so an interrupted run leaves no half-written case.
+A case is complete when its JSON exists (with the expected hash) and is whole, and both arrays are
+intact: their headers parse and each file holds exactly the bytes its header promises (`npy_problem`).
+A rerun skips complete cases and redoes damaged ones (a file cut off by a copy, a full disk, ...).
 
 class_locations keys are written as strings: "3" for label 3, "1,2,3" for the region (1, 2, 3),
 "1," for a one-label region; each value is the flat list of the sampled voxels' (0, z, y, x)
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fastseg.io.atomic import atomic_path, json_default
+from fastseg.io.atomic import atomic_path, json_default, remove_abandoned_temporaries
 
 HASH_KEY = "preprocessing_hash"
 _HEAD = '{"' + HASH_KEY + '": "'
@@ -120,22 +122,89 @@ def save_case(
         tmp.write_text(text)
 
 
-def is_complete(folder: str | os.PathLike, identifier: str, preprocessing_hash: str | None = None) -> bool:
-    """True when the case's three files exist and (if given) its hash matches."""
-    data_path, seg_path, json_path = case_paths(folder, identifier)
-    if not (json_path.is_file() and data_path.is_file() and seg_path.is_file()):
-        return False
-    if preprocessing_hash is None:
-        return True
+def npy_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a `.npy` file that should hold a whole array, or None when nothing is: its
+    header must parse, declare no Python objects, and the file must hold exactly the header's length
+    plus the bytes of the shape and dtype the header declares (a cut-off copy holds fewer).
+
+    Reads the header only (a few hundred bytes), not the data."""
+    path = Path(path)
     try:
-        with open(json_path) as f:
-            head = f.read(len(_HEAD) + len(preprocessing_hash) + 1)
-            if head.startswith(_HEAD):  # written by save_case: the hash comes first
-                return head == f'{_HEAD}{preprocessing_hash}"'
-            f.seek(0)
-            return json.load(f).get(HASH_KEY) == preprocessing_hash
-    except (OSError, ValueError):
-        return False
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_start, size = f.tell(), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return f"cannot be read ({e})"
+    except (ValueError, SyntaxError, TypeError, EOFError) as e:  # what numpy raises for a bad header
+        return f"is not a valid .npy file ({e})"
+    if dtype.hasobject:
+        return "holds Python objects, not an array of numbers"
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < expected:
+        return f"is cut off: its header promises {expected} bytes, the file holds {size}"
+    if size > expected:
+        return f"holds {size - expected} bytes more than its header promises"
+    return None
+
+
+def _json_is_whole(path: Path) -> bool:
+    """True when the JSON text ends as save_case ends it (a closing brace): a cut-off copy does not."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 64))
+        return f.read().rstrip().endswith(b"}")
+
+
+def check_case(
+    folder: str | os.PathLike, identifier: str, preprocessing_hash: str | None = None
+) -> tuple[bool, str | None]:
+    """Whether a preprocessed case can be used as it is on disk.
+
+    Args:
+        folder: the configuration's data folder.
+        identifier: the case.
+        preprocessing_hash: the hash of the plans the case must have been made with; None accepts any.
+
+    Returns:
+        `(complete, damage)`. `complete`: the JSON exists with the expected hash and is whole, and
+        both arrays are intact (`npy_problem`). `damage`: for a case that was finished (its JSON,
+        written last, exists with the expected hash) but is not complete, which file is damaged and
+        how; None otherwise (complete, never finished, or made with other plans).
+    """
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    if not json_path.is_file():
+        return False, None
+    if preprocessing_hash is not None:
+        try:
+            with open(json_path) as f:
+                head = f.read(len(_HEAD) + len(preprocessing_hash) + 1)
+                if head.startswith(_HEAD):  # written by save_case: the hash comes first
+                    same = head == f'{_HEAD}{preprocessing_hash}"'
+                else:
+                    f.seek(0)
+                    same = json.load(f).get(HASH_KEY) == preprocessing_hash
+        except (OSError, ValueError, AttributeError):
+            return False, f"{json_path.name} cannot be read as JSON"
+        if not same:
+            return False, None
+    try:
+        if not _json_is_whole(json_path):
+            return False, f"{json_path.name} is cut off"
+    except OSError as e:
+        return False, f"{json_path.name} cannot be read ({e})"
+    for path in (data_path, seg_path):
+        problem = npy_problem(path)
+        if problem is not None:
+            return False, f"{path.name} {problem}"
+    return True, None
+
+
+def is_complete(folder: str | os.PathLike, identifier: str, preprocessing_hash: str | None = None) -> bool:
+    """True when the case's three files exist, are intact and (if given) its hash matches (`check_case`)."""
+    return check_case(folder, identifier, preprocessing_hash)[0]
 
 
 def load_properties(path: str | os.PathLike) -> dict:
@@ -158,15 +227,9 @@ def load_case(folder: str | os.PathLike, identifier: str, mmap: bool = True) -> 
 
 
 def remove_temporaries(folder: str | os.PathLike) -> int:
-    """Deletes temporary files an interrupted run left behind; returns how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    count = 0
-    for p in folder.glob(".tmp-*"):  # fastseg.io.atomic's temporary names
-        p.unlink(missing_ok=True)
-        count += 1
-    return count
+    """Deletes the temporary files that interrupted or killed runs left behind (never those of a
+    process that is still writing them); returns how many."""
+    return remove_abandoned_temporaries(folder)
 
 
 def case_identifiers(folder: str | os.PathLike) -> list[str]:
