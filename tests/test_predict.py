@@ -5,9 +5,16 @@ dataset, so their predictions are not trivial; the images they predict are large
 (several tiles) and have other spacings than the plans' target (resampling both ways). nnU-Net's
 `nnUNetv2_predict_from_modelfolder` runs in the test, with the same folds, step size and TTA.
 
-nnU-Net sums the tiles in float16, fastseg in float32, so labels may differ where two classes'
-logits are within float16 rounding of each other: the bound is 99.9 % equal voxels. Probabilities
-are compared within 2e-3 (the float16 rounding of logits of about 10).
+nnU-Net (2.8) sums the tiles in float16, also on the CPU; fastseg sums in float32. Near the image
+faces, where the Gaussian weights of the few tiles that reach a voxel are tiny, float16 loses them
+(underflow), so nnU-Net's labels there are not what its own network predicts: on these briefly
+trained models about 0.1 % of the voxels differ. Two references therefore:
+- nnU-Net's predictor with its accumulator and its Gaussian switched to float32 (the only changes;
+  run in this process): labels equal on >= 99.999 % of voxels (measured: all), probabilities
+  within 1e-5 (measured: 1.2e-7). This is the proof of equivalence.
+- `nnUNetv2_predict_from_modelfolder` as shipped: >= 99.7 % of voxels equal (measured 99.87 % for
+  3d_fullres, 99.998 % for 2d, 99.77 % for the region-based model, whose sigmoid threshold at 0 sits
+  where these weak models' logits are small), identical geometry.
 """
 
 from __future__ import annotations
@@ -71,6 +78,41 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def nnunet_fp32_predictions(models, tmp_path_factory):
+    """nnU-Net's predictor, in this process, with float32 instead of float16 accumulation and Gaussian."""
+    import types
+
+    import nnunetv2.inference.predict_from_raw_data as reference
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    root = tmp_path_factory.mktemp("nnunet_fp32")
+    # The module's `torch.half` (its accumulator dtype) becomes float32; everything else is torch.
+    fp32_torch = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+    fp32_torch.half = torch.float32
+    gaussian = reference.compute_gaussian  # float16 unless told otherwise
+
+    def gaussian_fp32(*args, **kwargs):
+        return gaussian(*args, **{**kwargs, "dtype": torch.float32})
+
+    gaussian_fp32.cache_clear = gaussian.cache_clear
+    original = reference.torch
+    reference.torch, reference.compute_gaussian = fp32_torch, gaussian_fp32
+    out = {}
+    try:
+        for name, (model, images) in models.items():
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, perform_everything_on_device=False,
+                                        device=torch.device("cpu"), allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")
+            (root / name).mkdir()
+            files = [[str(f)] for f in sorted(images.glob("*.nii.gz"))]
+            predictor.predict_from_files_sequential(files, str(root / name), save_probabilities=True, overwrite=True)
+            out[name] = root / name
+    finally:
+        reference.torch, reference.compute_gaussian = original, gaussian
+    return out
+
+
+@pytest.fixture(scope="session")
 def nnunet_predictions(models, tmp_path_factory):
     """nnU-Net's predictions (with probabilities) of each model's test images."""
     root = tmp_path_factory.mktemp("nnunet")
@@ -87,29 +129,47 @@ def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(img), img
 
 
-@pytest.mark.parametrize("name", ["3d", "2d", "regions"])
-def test_labels_match_nnunet(models, nnunet_predictions, tmp_path, name):
-    model, images = models[name]
-    out = tmp_path / "pred"
-    run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--save-probabilities")
-    assert run.returncode == 0, run.stdout + run.stderr
-    theirs = sorted(nnunet_predictions[name].glob("*.nii.gz"))
-    assert [p.name for p in sorted(out.glob("*.nii.gz"))] == [p.name for p in theirs] and theirs
+@pytest.fixture(scope="session")
+def fastseg_predictions(models, tmp_path_factory):
+    """`fastseg predict` (the installed command) of each model's test images, with probabilities."""
+    root = tmp_path_factory.mktemp("fastseg")
+    for name, (model, images) in models.items():
+        run = _fastseg("predict", "-m", model, "-i", images, "-o", root / name, "--save-probabilities")
+        assert run.returncode == 0, run.stdout + run.stderr
+    return {name: root / name for name in models}
+
+
+def _pairs(ours: Path, reference: Path):
+    theirs = sorted(reference.glob("*.nii.gz"))
+    assert theirs and [p.name for p in sorted(ours.glob("*.nii.gz"))] == [p.name for p in theirs]
     for ref_path in theirs:
-        ours, ours_img = _read(out / ref_path.name)
-        ref, ref_img = _read(ref_path)
+        yield ours / ref_path.name, ref_path
+
+
+@pytest.mark.parametrize("name", ["3d", "2d", "regions"])
+def test_same_as_nnunet_with_float32_accumulation(fastseg_predictions, nnunet_fp32_predictions, name):
+    for ours_path, ref_path in _pairs(fastseg_predictions[name], nnunet_fp32_predictions[name]):
+        ours, ref = _read(ours_path)[0], _read(ref_path)[0]
+        assert len(np.unique(ref)) > 1, "the model predicts one label only: the comparison would say little"
+        agreement = np.mean(ours == ref)
+        assert agreement >= 0.99999, f"{ref_path.name}: {agreement:.6f} of voxels equal"
+        p_ours = np.load(ours_path.with_name(ours_path.name.replace(".nii.gz", ".npz")))["probabilities"]
+        p_ref = np.load(ref_path.with_name(ref_path.name.replace(".nii.gz", ".npz")))["probabilities"]
+        assert p_ours.shape == p_ref.shape
+        np.testing.assert_allclose(p_ours, p_ref, atol=1e-5)
+        assert ours_path.with_name(ours_path.name.replace(".nii.gz", ".pkl")).is_file()
+
+
+@pytest.mark.parametrize("name", ["3d", "2d", "regions"])
+def test_labels_match_nnunet_predict_from_modelfolder(fastseg_predictions, nnunet_predictions, name):
+    for ours_path, ref_path in _pairs(fastseg_predictions[name], nnunet_predictions[name]):
+        (ours, ours_img), (ref, ref_img) = _read(ours_path), _read(ref_path)
         assert ours.shape == ref.shape and ours.dtype == ref.dtype
         assert ours_img.GetSpacing() == ref_img.GetSpacing()
         assert ours_img.GetOrigin() == ref_img.GetOrigin()
         assert ours_img.GetDirection() == ref_img.GetDirection()
-        assert len(np.unique(ref)) > 1, "the model predicts one label only: the comparison would say little"
         agreement = np.mean(ours == ref)
-        assert agreement >= 0.999, f"{ref_path.name}: {agreement:.5f} of voxels equal"
-        p_ours = np.load(out / ref_path.name.replace(".nii.gz", ".npz"))["probabilities"]
-        p_ref = np.load(ref_path.with_name(ref_path.name.replace(".nii.gz", ".npz")))["probabilities"]
-        assert p_ours.shape == p_ref.shape
-        np.testing.assert_allclose(p_ours, p_ref, atol=2e-3)
-        assert (out / ref_path.name.replace(".nii.gz", ".pkl")).is_file()
+        assert agreement >= 0.997, f"{ref_path.name}: {agreement:.5f} of voxels equal"
 
 
 def test_trainer_name_unknown_to_nnunet(models, tmp_path):
