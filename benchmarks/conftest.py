@@ -19,7 +19,8 @@ How threads are pinned (the `threads` fixture, one value per test):
   * the pin is checked before the test (fastseg._C.max_threads(), torch.get_num_threads() and
     threadpoolctl's report must all equal n, or the test fails) and during it: the warm-up round of
     every benchmark counts the OS threads of this process that ran on a CPU during the call
-    (/proc/self/task/*/schedstat), and the summary flags any call that ran on more threads than pinned.
+    (/proc/self/task/*/schedstat); a call that ran on more threads than pinned fails its test, and the
+    summary lists the thread counts seen at each pin.
 
 Modules that set `THREAD_SWEEP = True` run each benchmark at 1 thread and at all cores (the CPUs this
 process may run on); others run at all cores. Options: `--bench-threads 1,2` picks the counts,
@@ -154,7 +155,8 @@ def bench(benchmark, threads, request):
     one warm-up round, one call per round. `setup`, when given, returns fn's positional arguments as a
     tuple and runs untimed before every round (warm-up included). Use the same rounds and setup for
     both sides of a row. Before each round the previous round's result is freed (untimed). The
-    warm-up round also counts the threads the call ran on."""
+    warm-up round also counts the threads the call ran on. `bench.extra_info` is the benchmark's;
+    its "calls" holds how many times fn ran (warm-up included) once bench returns."""
     override = request.config.getoption("--bench-rounds")
 
     def _bench(fn: Callable, *, rounds: int, setup: Callable[[], tuple] | None = None, **info):
@@ -162,6 +164,7 @@ def bench(benchmark, threads, request):
         benchmark.extra_info.update(info, threads=threads, rounds=rounds, warmup_rounds=WARMUP_ROUNDS)
         benchmark.group = f"{info['op']} | {info['shape']} | {info['dtype']} | threads={threads}"
         last: dict = {}
+        calls = 0
 
         def arguments() -> tuple[tuple, dict]:
             # Frees the previous round's result here, untimed, so that no call runs while the last
@@ -171,7 +174,9 @@ def bench(benchmark, threads, request):
             return (tuple(setup()) if setup is not None else ()), {}
 
         def call(*args) -> None:
-            if "busy_threads" in benchmark.extra_info:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
                 last["result"] = fn(*args)
                 return
             before = _thread_cpu_ns()  # the warm-up round: its time is discarded
@@ -179,8 +184,13 @@ def bench(benchmark, threads, request):
             benchmark.extra_info["busy_threads"] = busy_threads(before, _thread_cpu_ns())
 
         benchmark.pedantic(call, setup=arguments, rounds=rounds, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+        benchmark.extra_info["calls"] = calls  # warm-up included
+        busy = benchmark.extra_info.get("busy_threads")
+        if busy is not None and busy > threads:
+            pytest.fail(f"{info['impl']} ran on {busy} threads during the warm-up call; pinned to {threads}")
         return last.get("result")
 
+    _bench.extra_info = benchmark.extra_info
     return _bench
 
 
@@ -196,6 +206,19 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _source_commit(rootdir) -> str:
+    """The commit of the checkout the run starts from (the installed fastseg should be built from it)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(rootdir), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def _versions() -> str:
@@ -266,7 +289,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_sep("=", "fastseg vs reference: medians after warm-up")
     thread_values = sorted({k[3] for k in rows if k[3] is not None})
     tr.write_line(f"CPU: {_cpu_name()}, {os.cpu_count()} logical CPUs, {ALL_CORES} usable by this process")
-    tr.write_line(f"Versions: {_versions()}; Python {platform.python_version()}")
+    tr.write_line(
+        f"Versions: {_versions()}; Python {platform.python_version()}; checkout {_source_commit(config.rootpath)}"
+    )
     tr.write_line(f"Threads: {', '.join(map(str, thread_values))}, pinned on both sides per table; runtimes: {_runtimes()}")
     tr.write_line(
         "Pinning: fastseg OpenMP and reference OpenMP/BLAS via threadpoolctl.threadpool_limits(n), torch via "
@@ -280,9 +305,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line("ratio = reference / fastseg (above 1: fastseg is faster); GB/s = fastseg's bytes read + written per second")
 
     ratios: dict[tuple, dict[int, float]] = {}
-    for n in thread_values:
+    unpinned = [None] if any(k[3] is None for k in rows) else []
+    for n in thread_values + unpinned:
         tr.write_line("")
-        tr.write_line(f"{n} thread{'s' if n > 1 else ''} (fastseg and reference):")
+        if n is None:
+            tr.write_line("threads not pinned by this conftest (benchmarks of whole processes):")
+        else:
+            tr.write_line(f"{n} thread{'s' if n > 1 else ''} (fastseg and reference):")
         tr.write_line("| op | shape | dtype | fastseg | reference | ratio | GB/s |")
         tr.write_line("|---|---|---|---|---|---|---|")
         for (op, shape, dtype, threads), row in rows.items():
@@ -294,7 +323,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             gbs = f"{info['bytes'] / ours / 1e9:.1f}" if ours and info.get("bytes") else "-"
             for ref_name, ref in refs:
                 ratio = f"{ref / ours:.2f}x" if ours and ref else "-"
-                if ours and ref:
+                if ours and ref and n is not None:
                     ratios.setdefault((op, shape, dtype, ref_name), {})[n] = ref / ours
                 ours_s = _ms(ours) if ours else "-"
                 ref_s = f"{ref_name} {_ms(ref)}" if ref else "-"
