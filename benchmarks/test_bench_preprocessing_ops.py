@@ -71,7 +71,8 @@ def test_resample_data(bench, reference_outputs, impl, shape, new_shape, cur, ne
         "fastseg": lambda: resample(data, new_shape, cur, new, **kw),
         "nnunetv2": lambda: default_resampling.resample_data_or_seg_to_shape(data, new_shape, cur, new, **kw),
     }
-    info = dict(op="resample order 3", shape=f"{shape}->{new_shape}", dtype="float32", impl=impl)
+    nbytes = data.nbytes + int(np.prod(new_shape)) * data.shape[0] * data.itemsize  # input read, output written
+    info = dict(op="resample order 3", shape=f"{shape}->{new_shape}", dtype="float32", impl=impl, bytes=nbytes)
     out = bench(fns[impl], rounds=RESAMPLE_ROUNDS, **info)
     ref = _reference(reference_outputs, ("data", shape), fns["nnunetv2"])
     err = float(np.abs(out - ref).max())
@@ -87,7 +88,8 @@ def test_resample_seg(bench, reference_outputs, impl, shape, new_shape, cur, new
         "fastseg": lambda: resample(seg, new_shape, cur, new, **kw),
         "nnunetv2": lambda: default_resampling.resample_data_or_seg_to_shape(seg, new_shape, cur, new, **kw),
     }
-    info = dict(op="resample seg order 1, 6 labels", shape=f"{shape}->{new_shape}", dtype="int16", impl=impl)
+    nbytes = seg.nbytes + int(np.prod(new_shape)) * seg.shape[0] * seg.itemsize  # input read, output written
+    info = dict(op="resample seg order 1, 6 labels", shape=f"{shape}->{new_shape}", dtype="int16", impl=impl, bytes=nbytes)
     out = bench(fns[impl], rounds=RESAMPLE_ROUNDS, **info)
     ref = _reference(reference_outputs, ("seg", shape), fns["nnunetv2"])
     assert (out == ref).mean() >= 0.999
