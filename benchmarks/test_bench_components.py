@@ -61,12 +61,12 @@ def smooth_label_map(n_labels: int = 6, blobs: int = 14, size: int = SIZE) -> np
 
 
 class Volumes:
-    """The benchmark volumes by (case, size), made on first use; cc3d's labels of each, computed
-    once (untimed), for the checks."""
+    """The benchmark volumes by (case, size), made on first use, and the reference results the
+    checks compare with, each computed once (untimed)."""
 
     def __init__(self):
         self._volumes: dict = {}
-        self._labels: dict = {}
+        self._references: dict = {}
 
     def __call__(self, case: str, size: int = SIZE) -> np.ndarray:
         if (case, size) not in self._volumes:
@@ -78,16 +78,16 @@ class Volumes:
             self._volumes[case, size] = make()
         return self._volumes[case, size]
 
-    def reference(self, key: str, fn):
+    def reference(self, key, fn):
         """fn's result, computed on first use (untimed) and kept for the other side's check."""
-        if key not in self._labels:
-            self._labels[key] = fn()
-        return self._labels[key]
+        if key not in self._references:
+            self._references[key] = fn()
+        return self._references[key]
 
     def cc3d_labels(self, case: str, size: int = SIZE):
-        if (case, size) not in self._labels:
-            self._labels[case, size] = cc3d.connected_components(self(case, size), connectivity=26, return_N=True)
-        return self._labels[case, size]
+        """cc3d's (labels, n) of the volume, 26-connected."""
+        x = self(case, size)
+        return self.reference(("cc3d", case, size), lambda: cc3d.connected_components(x, connectivity=26, return_N=True))
 
 
 @pytest.fixture(scope="module")
