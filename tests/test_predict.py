@@ -124,6 +124,12 @@ def nnunet_predictions(models, tmp_path_factory):
     return out
 
 
+def _output_name(image: Path) -> str:
+    """`case_0003.nii.gz` for the channel file `case_0003_0000.nii.gz`."""
+    assert image.name.endswith("_0000.nii.gz"), image
+    return image.name[: -len("_0000.nii.gz")] + ".nii.gz"
+
+
 def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:
     img = sitk.ReadImage(str(path))
     return sitk.GetArrayFromImage(img), img
@@ -186,8 +192,8 @@ def test_trainer_name_unknown_to_nnunet(models, tmp_path):
     for m, o in ((model, "a"), (renamed, "b")):
         run = _fastseg("predict", "-m", m, "-i", one, "-o", tmp_path / o)
         assert run.returncode == 0, run.stdout + run.stderr
-    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / first.name.replace("_0000", ""))))
-    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / first.name.replace("_0000", ""))))
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / _output_name(first))))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / _output_name(first))))
     assert np.array_equal(a, b)
 
 
@@ -245,7 +251,7 @@ def test_bad_inputs_are_named_and_the_rest_written(models, tmp_path):
     assert run.returncode == 1
     assert "broken" in run.stderr and "extra" in run.stderr and "channel" in run.stderr
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(p.name.replace("_0000", "") for p in good), written
+    assert written == sorted(_output_name(p) for p in good), written
 
 
 def test_model_folder_errors_name_the_file(models, tmp_path):
@@ -299,4 +305,4 @@ def test_killed_run_leaves_no_half_written_file(models, tmp_path):
             sitk.ReadImage(str(p))  # every visible file is whole
     run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--continue")
     assert run.returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name.replace("_0000", "") for p in images.glob("*.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(_output_name(p) for p in images.glob("*.nii.gz"))
