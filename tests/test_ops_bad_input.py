@@ -13,7 +13,6 @@ the value, before anything is written or allocated, and never crash the process.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tracemalloc
@@ -121,13 +120,15 @@ def run_offset_sweep() -> int:
 
 
 @pytest.fixture(scope="module")
-def offsets_do_not_crash():
+def offsets_do_not_crash(tmp_path_factory):
     """Runs the whole sweep in a child process before any case runs in this one."""
     tests = str(Path(__file__).resolve().parent)
     script = f"import sys; sys.path.insert(0, {tests!r}); import test_ops_bad_input as t; sys.exit(t.run_offset_sweep())"
-    # The parent's working directory (outside the source tree), so that the child imports the same fastseg.
+    # A scratch working directory: `python -c` puts it first on sys.path, and from the repository root
+    # that would import the uncompiled source folder instead of the installed fastseg.
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script], cwd=tmp_path_factory.mktemp("sweep"), capture_output=True, text=True,
+        timeout=300, check=False,
     )
     if proc.returncode != 0:
         pytest.fail(
