@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _fastseg(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [fastseg_script(), *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        [fastseg_script(), *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
     )
 
 

@@ -47,11 +47,11 @@ def _nnunet_predict(model: Path, inputs: Path, out: Path, *extra: str) -> subpro
     exe = Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"
     cmd = [str(exe if exe.is_file() else "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(out),
            "-m", str(model), "-f", "0", "-step_size", "0.5", "-npp", "1", "-nps", "1", "-device", "cpu", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
 
 
 def _fastseg(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([fastseg_script(), *map(str, args)], capture_output=True, text=True, timeout=900)
+    return subprocess.run([fastseg_script(), *map(str, args)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
 
 
 @pytest.fixture(scope="session")
