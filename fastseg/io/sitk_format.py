@@ -14,6 +14,8 @@ interchangeable):
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from fastseg.io.atomic import atomic_path
 from fastseg.io.dtypes import image_storage_array, seg_storage_dtype
 from fastseg.io.errors import ImageFileError
 from fastseg.io.format_base import Role
-from fastseg.io.integrity import truncation_problem
+from fastseg.io.integrity import nifti_nonfinite_voxels, read_float_nifti, truncation_problem
 
 #: nnU-Net's spacing for the dummy axis of 2D images is this factor times the largest in-plane spacing.
 DUMMY_SPACING_FACTOR = 999
@@ -35,14 +37,19 @@ def _sitk_message(err: Exception) -> str:
     return (errors or lines or [type(err).__name__])[-1]
 
 
-def read_sitk_image(path: Path) -> sitk.Image:
-    """`sitk.ReadImage` with our truncation check and an `ImageFileError` that names the file."""
-    path = Path(path)
+def _check_readable(path: Path) -> None:
+    """Raises `ImageFileError` for a missing or truncated file."""
     if not path.is_file():
         raise ImageFileError(f"{path}: file not found")
     problem = truncation_problem(path)
     if problem:
         raise ImageFileError(f"{path}: {problem}")
+
+
+def read_sitk_image(path: Path) -> sitk.Image:
+    """`sitk.ReadImage` with our truncation check and an `ImageFileError` that names the file."""
+    path = Path(path)
+    _check_readable(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -58,6 +65,33 @@ def write_sitk_image(image: sitk.Image, path: Path) -> None:
             raise OSError(f"cannot write {path}: {_sitk_message(e)}") from None
 
 
+def _check_components(path: Path, components: int) -> None:
+    if components != 1:
+        raise ImageFileError(
+            f"{path}: has {components} components per voxel (a vector/RGB image); "
+            "store each channel as its own file (case_0000, case_0001, ...)"
+        )
+
+
+def _as_channels(path: Path, array: np.ndarray, spacing, origin, direction) -> tuple[np.ndarray, dict]:
+    """SimpleITK's (z, y, x) array as (C, z, y, x) with the properties `read` returns."""
+    if array.ndim == 2:
+        array = array[None, None]
+        zyx = [max(spacing) * DUMMY_SPACING_FACTOR, spacing[1], spacing[0]]
+    elif array.ndim == 3:
+        array = array[None]
+        zyx = list(spacing[::-1])
+    elif array.ndim == 4:
+        zyx = list(spacing[::-1][1:])
+    else:
+        raise ImageFileError(f"{path}: has {array.ndim} dimensions; expected a 2D, 3D or 4D image")
+    props = {
+        "spacing": [abs(float(s)) for s in zyx],
+        "sitk_stuff": {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)},
+    }
+    return array, props
+
+
 class SimpleITKFormat:
     """Reads and writes the formats SimpleITK handles, keeping their physical geometry."""
 
@@ -66,28 +100,41 @@ class SimpleITKFormat:
 
     def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
         image = read_sitk_image(path)
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise ImageFileError(
-                f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (a vector/RGB image); "
-                "store each channel as its own file (case_0000, case_0001, ...)"
-            )
-        spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-        array = sitk.GetArrayFromImage(image)
-        if array.ndim == 2:
-            array = array[None, None]
-            zyx = [max(spacing) * DUMMY_SPACING_FACTOR, spacing[1], spacing[0]]
-        elif array.ndim == 3:
-            array = array[None]
-            zyx = list(spacing[::-1])
-        elif array.ndim == 4:
-            zyx = list(spacing[::-1][1:])
-        else:
-            raise ImageFileError(f"{path}: has {array.ndim} dimensions; expected a 2D, 3D or 4D image")
-        props = {
-            "spacing": [abs(float(s)) for s in zyx],
-            "sitk_stuff": {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)},
-        }
-        return array, props
+        _check_components(path, image.GetNumberOfComponentsPerPixel())
+        return _as_channels(path, sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    def read_counting_nonfinite(self, path: Path, role: Role) -> tuple[np.ndarray, dict, int]:
+        """`read`, plus the number of NaN/Inf voxels the reader turned into 0 (NIfTI only; other
+        formats keep them in the array). A float NIfTI file is read once for both: its voxels by
+        `fastseg.io.integrity.read_float_nifti`, its geometry from SimpleITK's header read."""
+        path = Path(path)
+        name = path.name.lower()
+        if not name.endswith((".nii", ".nii.gz")):
+            array, props = self.read(path, role)
+            return array, props, 0
+        _check_readable(path)
+        try:
+            nifti = read_float_nifti(path)
+        except (OSError, EOFError, zlib.error, ValueError) as e:
+            raise ImageFileError(f"{path}: cannot be read as an image ({e}); the file is truncated or corrupt") from None
+        if nifti is None:  # not float data (nothing hidden), or scaled: SimpleITK's read, then a count
+            array, props = self.read(path, role)
+            return array, props, nifti_nonfinite_voxels(path) if array.dtype.kind == "f" else 0
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise ImageFileError(f"{path}: cannot be read as an image ({_sitk_message(e)})") from None
+        _check_components(path, reader.GetNumberOfComponents())
+        size = reader.GetSize()
+        expected_id = sitk.sitkFloat32 if nifti.voxels.dtype == np.float32 else sitk.sitkFloat64
+        if reader.GetPixelID() != expected_id or math.prod(size) != nifti.voxels.size:
+            # A layout SimpleITK interprets differently from the header fields read here: its own read.
+            array, props = self.read(path, role)
+            return array, props, nifti.nonfinite
+        array = nifti.voxels.reshape(size[::-1])
+        return (*_as_channels(path, array, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()), nifti.nonfinite)
 
     def write(self, array: np.ndarray, path: Path, properties: dict, role: Role) -> None:
         spacing, origin, direction = _geometry(array, properties)
