@@ -133,6 +133,23 @@ def test_channel_statistics_match_numpy(rng, integer, sizes):
     assert list(got) == list(STATS)
 
 
+def test_order_statistics_of_counts_without_merging(rng):
+    from fastseg.plan.intensity import _SortedUnion
+
+    raw = [
+        np.array([-3.5, -0.0, 0.0, 0.0, 2.25, 1e30], np.float32),
+        np.array([7.0], np.float32),
+        np.array([-1e-30, 2.25, 2.25, 5.0], np.float32),
+        rng.normal(0, 2, 50).astype(np.float32),
+    ]
+    parts = [draw_samples(v, 40, np.random.RandomState(i)) for i, v in enumerate(raw)]
+    expanded = np.sort(np.concatenate([expand(p) for p in parts]))
+    union = _SortedUnion(parts)
+    assert union.size == expanded.size
+    got = np.array([union.order_statistic(r) for r in range(expanded.size)])
+    np.testing.assert_array_equal(got, expanded)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_analyze_case_matches_nnunet(rng, channels):
     shape = (17, 40, 33)

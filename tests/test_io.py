@@ -181,6 +181,15 @@ def test_counting_read_of_a_truncated_file_is_an_error_naming_it(tmp_path, rng):
         SimpleITKFormat().read_counting_nonfinite(cut, "image")
 
 
+@pytest.mark.parametrize("name,shape", [("a.nii.gz", (5, 6, 7)), ("b.nii", (3, 4, 5)), ("c.nii.gz", (2, 3, 4, 5)), ("d.nrrd", (5, 6, 7))])
+def test_image_voxels_from_the_header(tmp_path, name, shape):
+    from fastseg.io.images import image_voxels
+
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.int16), isVector=False), str(path))
+    assert image_voxels(path) == int(np.prod(shape))
+
+
 def test_multichannel_case_stacks_in_order(tmp_path, rng):
     arrays = [rng.normal(size=(4, 9, 11)).astype(np.float32) + 10 * c for c in range(3)]
     paths = []

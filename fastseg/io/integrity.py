@@ -165,6 +165,20 @@ def read_float_nifti(path: str | Path) -> FloatNifti | None:
     return FloatNifti(voxels, nonfinite)
 
 
+def nifti_voxel_count(path: str | Path) -> int | None:
+    """Voxels (times components) a NIfTI file's header declares, reading only the header; None for
+    another format or a header this module does not understand."""
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with _open(path, _is_gzip(path)) as f:
+            layout = _nifti_layout(f.read(540))
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None if layout is None else layout[4]
+
+
 def nifti_nonfinite_voxels(path: str | Path) -> int:
     """The number of NaN/Inf voxels in a float NIfTI file (0 for integer data or other formats).
 

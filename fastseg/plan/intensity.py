@@ -10,10 +10,11 @@ or sample array); a case's counts hold at most as many entries as its foreground
 voxel foreground sends 16 MB instead of 80 MB of samples for 20 million draws). Integer-valued
 foregrounds in a modest range (CT in HU, 8/16-bit MR) are counted per value without a sort.
 
-Over the merged counts of all cases: min and max, the percentiles by numpy's linear rule on the
-order statistics (the same numbers `np.percentile` gives on the expanded samples), mean and std as
-float64 sums (within float32 rounding of nnU-Net's float32 `np.mean`/`np.std`), without
-materializing or partitioning 10^8 values. Samples that are not finite (possible only without
+Over the counts of all cases: min and max, the percentiles by numpy's linear rule on the order
+statistics (the same numbers `np.percentile` gives on the expanded samples; each order statistic is
+found by binary searches in the cases' sorted values, so nothing is merged or sorted in the main
+process), mean and std as float64 sums (within float32 rounding of nnU-Net's float32
+`np.mean`/`np.std`), without materializing or partitioning 10^8 values. Samples that are not finite (possible only without
 verification) are kept as a float32 array, and then numpy computes the statistics over all samples
 expanded, exactly as nnU-Net does.
 """
@@ -84,31 +85,68 @@ def draw_samples(values: np.ndarray, num_samples: int, rng: np.random.RandomStat
     return ValueCounts(sorted_values[starts].astype(np.float64), np.add.reduceat(sorted_counts, starts))
 
 
-def _percentile_of_counts(values: np.ndarray, cum: np.ndarray, q: float, float32: bool) -> float:
-    """numpy's linear-interpolation percentile of the expanded multiset (`cum`: cumulative counts
-    of the sorted `values`), computed as numpy computes it on a float32 (`float32`) or float64 array."""
-    n = int(cum[-1])
+_SIGN_MASK = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _key(value: float) -> int:
+    """An int64 key that orders float64 values as the values (flips the magnitude bits of negatives)."""
+    bits = np.float64(value).view(np.int64)
+    return int(bits ^ ((bits >> 63) & _SIGN_MASK))
+
+
+def _value(key: int) -> float:
+    """The float64 value of a `_key` (the same bit flip undoes it)."""
+    k = np.int64(key)
+    return float((k ^ ((k >> 63) & _SIGN_MASK)).view(np.float64))
+
+
+class _SortedUnion:
+    """Order statistics of the union of several ValueCounts (each sorted), without merging them:
+    the rank of a value is a sum of binary searches, and an order statistic is found by bisecting
+    the 64-bit keys of the float64 values (at most 64 rounds of one search per part)."""
+
+    def __init__(self, parts: Sequence[ValueCounts]) -> None:
+        self.values = [p.values for p in parts]
+        self.cums = [np.cumsum(p.counts) for p in parts]
+        self.size = int(sum(int(c[-1]) for c in self.cums))
+
+    def _at_most(self, value: float) -> tuple[int, float]:
+        """(how many samples are <= value, the largest sample value <= value)."""
+        total, largest = 0, -np.inf
+        for values, cum in zip(self.values, self.cums):
+            i = int(np.searchsorted(values, value, side="right"))
+            if i:
+                total += int(cum[i - 1])
+                largest = max(largest, float(values[i - 1]))
+        return total, largest
+
+    def order_statistic(self, rank: int) -> float:
+        """The sample at 0-based `rank` in sorted order."""
+        lo = _key(min(float(v[0]) for v in self.values))
+        hi = _key(max(float(v[-1]) for v in self.values))
+        while lo < hi:  # the smallest key whose value has more than `rank` samples at or below it
+            mid = (lo + hi) // 2
+            if self._at_most(_value(mid))[0] > rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._at_most(_value(lo))[1]
+
+
+def _percentile_of_counts(union: _SortedUnion, q: float, float32: bool) -> float:
+    """numpy's linear-interpolation percentile of the expanded multiset, computed as numpy computes
+    it on a float32 (`float32`) or float64 array."""
+    n = union.size
     quantile = q / 100
     virtual = n * quantile + (1 + quantile * (1 - 1 - 1)) - 1  # numpy's virtual index, alpha = beta = 1
     below = int(np.floor(virtual))
     gamma = virtual - below
-    ranks = np.clip([below, below + 1], 0, n - 1)
     kind = np.float32 if float32 else np.float64
-    a, b = (kind(values[np.searchsorted(cum, r, side="right")]) for r in ranks)
+    a, b = (kind(union.order_statistic(int(r))) for r in np.clip([below, below + 1], 0, n - 1))
     diff = kind(b - a)
     if gamma >= 0.5:
         return float(np.float64(b) - np.float64(diff) * (1 - gamma))
     return float(np.float64(a) + np.float64(diff) * gamma)
-
-
-def _merge(counts: Sequence[ValueCounts]) -> tuple[np.ndarray, np.ndarray]:
-    """(values, counts) of several ValueCounts, sorted by value (equal values may repeat)."""
-    values = np.concatenate([s.values for s in counts])
-    merged = np.concatenate([s.counts for s in counts])
-    if len(counts) > 1:
-        order = np.argsort(values, kind="stable")  # merges the already sorted runs
-        values, merged = values[order], merged[order]
-    return values, merged
 
 
 def channel_statistics(samples: Sequence) -> dict:
@@ -118,15 +156,15 @@ def channel_statistics(samples: Sequence) -> dict:
     if not present:
         raise ValueError("no foreground samples")
     if all(isinstance(s, ValueCounts) for s in present):
-        values, counts = _merge(present)
-        cum = np.cumsum(counts)
-        n = int(cum[-1])
-        mean = float((values * counts).sum() / n)
-        std = float(np.sqrt((((values - mean) ** 2) * counts).sum() / n))
+        union = _SortedUnion(present)
+        n = union.size
+        mean = float(sum(float(np.dot(s.values, s.counts)) for s in present) / n)
+        std = float(np.sqrt(sum(float(np.dot((s.values - mean) ** 2, s.counts)) for s in present) / n))
         # nnU-Net's concatenation is float32, unless a case without foreground adds a [] (float64).
         float32 = len(present) == len(samples)
-        p005, median, p995 = (_percentile_of_counts(values, cum, q, float32) for q in PERCENTILES)
-        stats = {"mean": mean, "std": std, "min": float(values[0]), "max": float(values[-1])}
+        p005, median, p995 = (_percentile_of_counts(union, q, float32) for q in PERCENTILES)
+        lowest, highest = min(float(s.values[0]) for s in present), max(float(s.values[-1]) for s in present)
+        stats = {"mean": mean, "std": std, "min": lowest, "max": highest}
     else:
         parts = [np.repeat(s.values, s.counts).astype(np.float32) if isinstance(s, ValueCounts) else s for s in samples]
         # nnU-Net concatenates every case's samples, [] for a case without foreground (which makes the
