@@ -18,14 +18,23 @@ import math
 import zlib
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
 
 from fastseg.io.atomic import atomic_path
 from fastseg.io.dtypes import image_storage_array, seg_storage_dtype
 from fastseg.io.errors import ImageFileError
 from fastseg.io.format_base import Role
 from fastseg.io.integrity import nifti_nonfinite_voxels, read_float_nifti, truncation_problem
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+# SimpleITK is imported where it is used: listing a dataset picks this format by file ending
+# (`fastseg.io.reader_for`) without reading an image, and importing SimpleITK takes a few tenths of
+# a second -- on the critical path of a command's main process before its workers start. Worker
+# processes preload it (their fork server imports it once).
 
 #: nnU-Net's spacing for the dummy axis of 2D images is this factor times the largest in-plane spacing.
 DUMMY_SPACING_FACTOR = 999
@@ -48,6 +57,8 @@ def _check_readable(path: Path) -> None:
 
 def read_sitk_image(path: Path) -> sitk.Image:
     """`sitk.ReadImage` with our truncation check and an `ImageFileError` that names the file."""
+    import SimpleITK as sitk
+
     path = Path(path)
     _check_readable(path)
     try:
@@ -58,6 +69,8 @@ def read_sitk_image(path: Path) -> sitk.Image:
 
 def write_sitk_image(image: sitk.Image, path: Path) -> None:
     """`sitk.WriteImage` (compressed where the format allows), atomically."""
+    import SimpleITK as sitk
+
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), True)
@@ -99,6 +112,8 @@ class SimpleITKFormat:
     file_endings = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
 
     def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
+        import SimpleITK as sitk
+
         image = read_sitk_image(path)
         _check_components(path, image.GetNumberOfComponentsPerPixel())
         return _as_channels(path, sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
@@ -107,6 +122,8 @@ class SimpleITKFormat:
         """`read`, plus the number of NaN/Inf voxels the reader turned into 0 (NIfTI only; other
         formats keep them in the array). A float NIfTI file is read once for both: its voxels by
         `fastseg.io.integrity.read_float_nifti`, its geometry from SimpleITK's header read."""
+        import SimpleITK as sitk
+
         path = Path(path)
         name = path.name.lower()
         if not name.endswith((".nii", ".nii.gz")):
@@ -137,6 +154,8 @@ class SimpleITKFormat:
         return (*_as_channels(path, array, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()), nifti.nonfinite)
 
     def write(self, array: np.ndarray, path: Path, properties: dict, role: Role) -> None:
+        import SimpleITK as sitk
+
         spacing, origin, direction = _geometry(array, properties)
         if len(spacing) == 2 and array.ndim == 3:
             if array.shape[0] != 1:
