@@ -156,12 +156,15 @@ def test_counting_read_is_simpleitk_read_plus_the_nan_it_hides(tmp_path, rng, na
     arr[1, 2, 3], arr[4, 0, 0], arr[0, 5, 6] = np.nan, np.inf, -np.inf
     path = tmp_path / name
     make(path, arr)
+    from fastseg.io.sitk_format import _read_with_sitk
+
     fmt = SimpleITKFormat()
     got, props, hidden = fmt.read_counting_nonfinite(path, "image")
-    ref, ref_props = fmt.read(path, "image")  # sitk.ReadImage
-    assert got.dtype == ref.dtype and got.shape == ref.shape and got.flags.writeable
-    np.testing.assert_array_equal(got, ref)
-    assert props == ref_props
+    ref, ref_props = _read_with_sitk(path)  # sitk.ReadImage + GetArrayFromImage
+    for array, properties in ((got, props), fmt.read(path, "image")):
+        assert array.dtype == ref.dtype and array.shape == ref.shape and array.flags.writeable
+        np.testing.assert_array_equal(array, ref)
+        assert properties == ref_props
     image = sitk.ReadImage(str(path))
     is_float_nifti = ".nii" in name and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
     written = {"slice.nii.gz": arr[0], "t.nii.gz": np.stack([arr, -arr])}.get(name, arr)
@@ -169,6 +172,20 @@ def test_counting_read_is_simpleitk_read_plus_the_nan_it_hides(tmp_path, rng, na
     assert hidden == (n_source if is_float_nifti else 0)
     if name.endswith(".nrrd"):
         assert int((~np.isfinite(got)).sum()) == n_source  # kept in the array: verification counts it there
+
+
+def test_gunzip_is_gzip_decompress(rng):
+    import gzip
+    import zlib
+
+    from fastseg.io.integrity import gunzip
+
+    payload = rng.normal(size=20000).astype(np.float32).tobytes()
+    one = gzip.compress(payload)
+    assert gunzip(one) == payload
+    assert gunzip(one + gzip.compress(b"tail")) == payload + b"tail"  # several members
+    with pytest.raises((EOFError, OSError, zlib.error)):
+        gunzip(one[: len(one) // 2])  # cut short: the standard library's error
 
 
 def test_counting_read_of_a_truncated_file_is_an_error_naming_it(tmp_path, rng):

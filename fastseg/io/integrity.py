@@ -4,8 +4,8 @@ NaN/Inf: ITK's NIfTI reader (niftilib) replaces non-finite float voxels with 0 o
 reader built on SimpleITK (nnU-Net's included) ever sees them. `read_float_nifti` reads the voxels
 of a float NIfTI file itself, in one pass (a .nii.gz is decompressed once), counts the non-finite
 ones and zeroes them as niftilib does, so verification gets both the count and the array SimpleITK
-would return (`fastseg.io.sitk_format.read_counting_nonfinite` adds SimpleITK's geometry from the
-header). `nifti_nonfinite_voxels` only counts.
+would return (`fastseg.io.sitk_format` adds SimpleITK's geometry from the header, and reads every
+float NIfTI file this way). `nifti_nonfinite_voxels` only counts.
 
 ITK's NIfTI and GIPL readers zero-fill whatever is missing at the end of a short file (NRRD, MetaImage,
 PNG and TIFF readers raise), so a copy that was cut off reads as an image whose last slices are
@@ -99,6 +99,24 @@ def _nifti_scaling(head: bytes, endian: str) -> tuple[float, float] | None:
     return None
 
 
+def gunzip(data: bytes) -> bytes:
+    """The content of a gzip stream, decompressed in one call.
+
+    With the `deflate` package installed (libdeflate: about twice zlib's speed on the nearly
+    incompressible voxels of noisy float images), a single-member stream is decompressed by it;
+    several members, a damaged stream, or no `deflate`: the standard library's `gzip.decompress`
+    (which raises the error that says what is wrong).
+    """
+    try:
+        import deflate
+    except ImportError:
+        return gzip.decompress(data)
+    try:
+        return deflate.gzip_decompress(data)
+    except Exception:  # noqa: BLE001 -- deflate.DeflateError; zlib decides and says what is wrong
+        return gzip.decompress(data)
+
+
 @dataclass(frozen=True)
 class FloatNifti:
     """The voxels of a float NIfTI file as ITK's reader leaves them.
@@ -146,7 +164,7 @@ def read_float_nifti(path: str | Path) -> FloatNifti | None:
     nbytes = count * dtype.itemsize
     if compressed:
         with open(path, "rb") as f:
-            content = gzip.decompress(f.read())  # the whole stream at once: one pass, in C
+            content = gunzip(f.read())  # the whole stream at once: one pass, in C
         if len(content) < offset + nbytes:
             raise ValueError(f"the header promises {offset + nbytes} bytes but the decompressed file holds {len(content)}")
         voxels = np.frombuffer(content, dtype=dtype, count=count, offset=offset).astype(dtype.newbyteorder("="))

@@ -10,6 +10,12 @@ interchangeable):
 - A 4D file reads as channels (t, z, y, x) with spacing (z, y, x).
 - 'sitk_stuff' keeps {'spacing', 'origin', 'direction'} exactly as SimpleITK reports them; writing
   restores them, so a prediction lands on the input's physical grid.
+
+Float NIfTI files (.nii, .nii.gz) are read in one pass by `fastseg.io.integrity.read_float_nifti`
+(libdeflate decompresses them when the `deflate` package is installed), with the geometry from
+SimpleITK's header read: the arrays and properties `sitk.ReadImage` gives, plus the number of
+NaN/Inf voxels that ITK's reader turns into 0, which verification reports. Other files, and float
+NIfTI files whose header asks for intensity scaling, are read by SimpleITK.
 """
 
 from __future__ import annotations
@@ -105,6 +111,14 @@ def _as_channels(path: Path, array: np.ndarray, spacing, origin, direction) -> t
     return array, props
 
 
+def _read_with_sitk(path: Path) -> tuple[np.ndarray, dict]:
+    import SimpleITK as sitk
+
+    image = read_sitk_image(path)
+    _check_components(path, image.GetNumberOfComponentsPerPixel())
+    return _as_channels(path, sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
 class SimpleITKFormat:
     """Reads and writes the formats SimpleITK handles, keeping their physical geometry."""
 
@@ -112,11 +126,11 @@ class SimpleITKFormat:
     file_endings = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
 
     def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
-        import SimpleITK as sitk
-
-        image = read_sitk_image(path)
-        _check_components(path, image.GetNumberOfComponentsPerPixel())
-        return _as_channels(path, sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        """What `sitk.ReadImage` reads, as (C, z, y, x) and properties. A float NIfTI file's voxels
+        are read by `fastseg.io.integrity.read_float_nifti` (the same values, decompressed faster),
+        its geometry by SimpleITK from the header."""
+        array, props, _ = self.read_counting_nonfinite(path, role)
+        return array, props
 
     def read_counting_nonfinite(self, path: Path, role: Role) -> tuple[np.ndarray, dict, int]:
         """`read`, plus the number of NaN/Inf voxels the reader turned into 0 (NIfTI only; other
@@ -127,15 +141,14 @@ class SimpleITKFormat:
         path = Path(path)
         name = path.name.lower()
         if not name.endswith((".nii", ".nii.gz")):
-            array, props = self.read(path, role)
-            return array, props, 0
+            return (*_read_with_sitk(path), 0)
         _check_readable(path)
         try:
             nifti = read_float_nifti(path)
         except (OSError, EOFError, zlib.error, ValueError) as e:
             raise ImageFileError(f"{path}: cannot be read as an image ({e}); the file is truncated or corrupt") from None
         if nifti is None:  # not float data (nothing hidden), or scaled: SimpleITK's read, then a count
-            array, props = self.read(path, role)
+            array, props = _read_with_sitk(path)
             return array, props, nifti_nonfinite_voxels(path) if array.dtype.kind == "f" else 0
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -148,8 +161,7 @@ class SimpleITKFormat:
         expected_id = sitk.sitkFloat32 if nifti.voxels.dtype == np.float32 else sitk.sitkFloat64
         if reader.GetPixelID() != expected_id or math.prod(size) != nifti.voxels.size:
             # A layout SimpleITK interprets differently from the header fields read here: its own read.
-            array, props = self.read(path, role)
-            return array, props, nifti.nonfinite
+            return (*_read_with_sitk(path), nifti.nonfinite)
         array = nifti.voxels.reshape(size[::-1])
         return (*_as_channels(path, array, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()), nifti.nonfinite)
 
