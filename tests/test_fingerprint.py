@@ -71,15 +71,33 @@ def test_fill_holes_matches_scipy(rng):
 # --- sampling and statistics ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("integer", [True, False], ids=["integer-counts", "float-samples"])
-def test_draw_samples_is_randomstate_choice(rng, integer):
+@pytest.mark.parametrize(
+    "kind,chunk",
+    [
+        pytest.param("integer", None, id="integer-counts"),
+        pytest.param("float", None, id="float-counts"),
+        pytest.param("float", 777, id="float-counts-drawn-in-chunks"),
+        pytest.param("nonfinite", None, id="nan-samples"),
+    ],
+)
+def test_draw_samples_is_randomstate_choice(rng, monkeypatch, kind, chunk):
+    from fastseg.plan import intensity
+
+    if chunk is not None:
+        monkeypatch.setattr(intensity, "_DRAW_CHUNK", chunk)
     values = rng.normal(0, 300, 5000).astype(np.float32)
-    if integer:
+    if kind == "integer":
         values = np.round(values)
+    values[:10] = values[10:20]  # repeated values: one entry each
+    if kind == "nonfinite":
+        values[7] = np.nan
     got = draw_samples(values, 20000, np.random.RandomState(1234))
     ref_rng = np.random.RandomState(1234)
     ref = ref_rng.choice(values, 20000, replace=True)
-    assert isinstance(got, ValueCounts) == integer
+    # Counts unless a sample is not finite (then numpy's own statistics on the samples).
+    assert isinstance(got, ValueCounts) == (kind != "nonfinite")
+    if isinstance(got, ValueCounts):
+        assert np.all(np.diff(got.values) > 0) and np.all(got.counts > 0)  # sorted, distinct
     np.testing.assert_array_equal(np.sort(expand(got)), np.sort(ref.astype(np.float64)))
     # The generator is left where nnU-Net leaves it (the next channel draws the same).
     rng2 = np.random.RandomState(1234)
@@ -88,10 +106,17 @@ def test_draw_samples_is_randomstate_choice(rng, integer):
     assert draw_samples(values[:0], 10, np.random.RandomState(0)) == []
 
 
-@pytest.mark.parametrize("integer", [True, False], ids=["counts", "samples"])
-def test_channel_statistics_match_numpy(rng, integer):
+@pytest.mark.parametrize("integer", [True, False], ids=["integer", "float"])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param((3000, 0, 1, 2500), id="a-case-without-foreground"),  # nnU-Net's samples become float64
+        pytest.param((3000, 1, 2500), id="all-with-foreground"),  # float32 samples
+    ],
+)
+def test_channel_statistics_match_numpy(rng, integer, sizes):
     cases, raw = [], []
-    for n in (3000, 0, 1, 2500):
+    for n in sizes:
         values = (rng.normal(40, 300, n)).astype(np.float32)
         if integer:
             values = np.round(values)
@@ -106,6 +131,23 @@ def test_channel_statistics_match_numpy(rng, integer):
     assert got["mean"] == pytest.approx(float(ref["mean"]), rel=1e-12)  # equal today: float64 sums
     assert got["std"] == pytest.approx(float(ref["std"]), rel=1e-12)
     assert list(got) == list(STATS)
+
+
+def test_order_statistics_of_counts_without_merging(rng):
+    from fastseg.plan.intensity import _SortedUnion
+
+    raw = [
+        np.array([-3.5, -0.0, 0.0, 0.0, 2.25, 1e30], np.float32),
+        np.array([7.0], np.float32),
+        np.array([-1e-30, 2.25, 2.25, 5.0], np.float32),
+        rng.normal(0, 2, 50).astype(np.float32),
+    ]
+    parts = [draw_samples(v, 40, np.random.RandomState(i)) for i, v in enumerate(raw)]
+    expanded = np.sort(np.concatenate([expand(p) for p in parts]))
+    union = _SortedUnion(parts)
+    assert union.size == expanded.size
+    got = np.array([union.order_statistic(r) for r in range(expanded.size)])
+    np.testing.assert_array_equal(got, expanded)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -121,6 +121,87 @@ def test_4d_file_is_channels(tmp_path, rng):
     assert sitk.ReadImage(str(tmp_path / "seg.nii.gz")).GetSize() == (7, 6, 5)
 
 
+def _write_nibabel(path: Path, array_zyx: np.ndarray, *, endianness: str = "<", slope: float | None = None) -> None:
+    nib = pytest.importorskip("nibabel")
+    header = nib.Nifti1Header(endianness=endianness)
+    header.set_data_dtype(array_zyx.dtype.newbyteorder(endianness))
+    image = nib.Nifti1Image(array_zyx.T, np.diag([0.8, 0.9, 2.5, 1.0]), header)
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
+    nib.save(image, str(path))
+
+
+@pytest.mark.parametrize(
+    "name,make",
+    [
+        pytest.param("f32.nii.gz", lambda p, a: sitk.WriteImage(sitk_image(a, (0.7, 0.8, 3.0), (-1.0, 2.0, 5.0), tuple(orthonormal(OBLIQUE).ravel())), str(p)), id="float32-nii.gz-oblique"),
+        pytest.param("f64.nii", lambda p, a: sitk.WriteImage(sitk.GetImageFromArray(a.astype(np.float64)), str(p)), id="float64-nii"),
+        pytest.param("slice.nii.gz", lambda p, a: sitk.WriteImage(sitk.GetImageFromArray(a[0]), str(p)), id="2d"),
+        pytest.param("t.nii.gz", lambda p, a: sitk.WriteImage(sitk.GetImageFromArray(np.stack([a, -a]), isVector=False), str(p)), id="4d"),
+        pytest.param("be.nii.gz", lambda p, a: _write_nibabel(p, a, endianness=">"), id="big-endian"),
+        pytest.param("scaled.nii.gz", lambda p, a: _write_nibabel(p, a, slope=2.0), id="scl_slope-2"),
+        pytest.param("i16.nii.gz", lambda p, a: sitk.WriteImage(sitk.GetImageFromArray(np.nan_to_num(a, posinf=0.0, neginf=0.0).astype(np.int16)), str(p)), id="int16"),
+        pytest.param("f32.nrrd", lambda p, a: sitk.WriteImage(sitk.GetImageFromArray(a), str(p)), id="float32-nrrd"),
+    ],
+)
+def test_counting_read_is_simpleitk_read_plus_the_nan_it_hides(tmp_path, rng, name, make):
+    from fastseg.io.sitk_format import SimpleITKFormat
+
+    arr = (rng.normal(size=(5, 6, 7)) * 40).astype(np.float32)
+    arr[1, 2, 3], arr[4, 0, 0], arr[0, 5, 6] = np.nan, np.inf, -np.inf
+    path = tmp_path / name
+    make(path, arr)
+    from fastseg.io.sitk_format import _read_with_sitk
+
+    fmt = SimpleITKFormat()
+    got, props, hidden = fmt.read_counting_nonfinite(path, "image")
+    ref, ref_props = _read_with_sitk(path)  # sitk.ReadImage + GetArrayFromImage
+    for array, properties in ((got, props), fmt.read(path, "image")):
+        assert array.dtype == ref.dtype and array.shape == ref.shape and array.flags.writeable
+        np.testing.assert_array_equal(array, ref)
+        assert properties == ref_props
+    image = sitk.ReadImage(str(path))
+    is_float_nifti = ".nii" in name and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
+    written = {"slice.nii.gz": arr[0], "t.nii.gz": np.stack([arr, -arr])}.get(name, arr)
+    n_source = int((~np.isfinite(written)).sum())
+    assert hidden == (n_source if is_float_nifti else 0)
+    if name.endswith(".nrrd"):
+        assert int((~np.isfinite(got)).sum()) == n_source  # kept in the array: verification counts it there
+
+
+def test_gunzip_is_gzip_decompress(rng):
+    import gzip
+    import zlib
+
+    from fastseg.io.integrity import gunzip
+
+    payload = rng.normal(size=20000).astype(np.float32).tobytes()
+    one = gzip.compress(payload)
+    assert gunzip(one) == payload
+    assert gunzip(one + gzip.compress(b"tail")) == payload + b"tail"  # several members
+    with pytest.raises((EOFError, OSError, zlib.error)):
+        gunzip(one[: len(one) // 2])  # cut short: the standard library's error
+
+
+def test_counting_read_of_a_truncated_file_is_an_error_naming_it(tmp_path, rng):
+    from fastseg.io.sitk_format import SimpleITKFormat
+
+    path = tmp_path / "img.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(size=(8, 32, 32)).astype(np.float32)), str(path))
+    cut = _truncate(path)
+    with pytest.raises(ImageFileError, match=cut.name):
+        SimpleITKFormat().read_counting_nonfinite(cut, "image")
+
+
+@pytest.mark.parametrize("name,shape", [("a.nii.gz", (5, 6, 7)), ("b.nii", (3, 4, 5)), ("c.nii.gz", (2, 3, 4, 5)), ("d.nrrd", (5, 6, 7))])
+def test_image_voxels_from_the_header(tmp_path, name, shape):
+    from fastseg.io.images import image_voxels
+
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.int16), isVector=False), str(path))
+    assert image_voxels(path) == int(np.prod(shape))
+
+
 def test_multichannel_case_stacks_in_order(tmp_path, rng):
     arrays = [rng.normal(size=(4, 9, 11)).astype(np.float32) + 10 * c for c in range(3)]
     paths = []

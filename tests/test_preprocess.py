@@ -173,6 +173,29 @@ def test_3d_starts_from_the_2d_in_plane_result(rng, monkeypatch):
     assert_like_nnunet(tuple(results[1][1:]), nnunet_case_npy(data, seg, props, plans, "3d_fullres", dataset_json))
 
 
+def test_2d_and_3d_of_the_same_grid_sample_locations_once(rng, monkeypatch):
+    import fastseg.preprocess.case as case_module
+
+    # Isotropic 1 mm cases: 2d and 3d_fullres need no resampling and give the same arrays.
+    plans, dataset_json = make_plans([(1.0, 1.0, 1.0)] * 3, [(40, 48, 44)] * 3, 1, ["MR"], LABELS)
+    data, seg = make_case(rng, (40, 48, 44))
+    props = {"spacing": [1.0, 1.0, 1.0]}
+    calls = []
+    real = case_module.sample_class_locations
+    monkeypatch.setattr(case_module, "sample_class_locations", lambda *a: calls.append(1) or real(*a))
+    plan_2d, plan_3d = (CasePlan.from_plans(plans, c, dataset_json) for c in ("2d", "3d_fullres"))
+    results = list(preprocess_case_multi(data, seg, props, [plan_2d, plan_3d]))
+    assert len(calls) == 1
+    for plan, (_, d, s, p) in zip((plan_2d, plan_3d), results):
+        direct = preprocess_case(data, seg, props, plan)
+        np.testing.assert_array_equal(d, direct[0])
+        np.testing.assert_array_equal(s, direct[1])
+        assert list(p["class_locations"]) == list(direct[2]["class_locations"])
+        for k, v in direct[2]["class_locations"].items():
+            np.testing.assert_array_equal(np.asarray(p["class_locations"][k]), np.asarray(v))
+        assert_like_nnunet((d, s, p), nnunet_case_npy(data, seg, props, plans, plan.configuration, dataset_json))
+
+
 def test_preprocess_case_errors(rng):
     plans, dataset_json = make_plans([(1, 1, 1)] * 2, [(20, 20, 20)] * 2, 1, ["CT"], LABELS)
     plan = CasePlan.from_plans(plans, "3d_fullres", dataset_json)

@@ -433,8 +433,9 @@ def test_analyze_hook_sees_verified_training_cases_as_read(tmp_path, workers):
     expected = analyze_case(data, read_seg(root / "labelsTr" / "c1.nii.gz")[0], props["spacing"], samples_per_case(4, 2e4))
     got = report.analyses["c1"]
     assert got.shape_after_crop == expected.shape_after_crop and got.spacing == expected.spacing
-    for a, b in zip(got.samples, expected.samples):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got.samples, expected.samples):  # ValueCounts: sorted values and their counts
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.counts, b.counts)
     from fastseg.io import load_raw_dataset
 
     dataset = load_raw_dataset(root)

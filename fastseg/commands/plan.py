@@ -32,7 +32,7 @@ def reports_errors(run):
 
 
 #: What the workers of `plan` (verification with fingerprinting, `fastseg.workflow`) import.
-WORKER_MODULES = ("fastseg.io.verify", "fastseg.io.sitk_format", "fastseg.plan.fingerprint")
+WORKER_MODULES = ("fastseg.io.verify", "fastseg.io.sitk_format", "SimpleITK", "fastseg.plan.fingerprint")
 
 
 @reports_errors

@@ -164,8 +164,14 @@ def write_image(image: np.ndarray, path: PathLike, properties: dict) -> None:
 
 
 def image_voxels(path: str | os.PathLike) -> int:
-    """Voxels (times components) of an image file, from its header when SimpleITK can read one,
-    else a guess from the file size (two voxels per byte: compressed 16-bit data)."""
+    """Voxels (times components) of an image file, from its header when SimpleITK can read one
+    (a NIfTI header is parsed here, which is faster), else a guess from the file size (two voxels
+    per byte: compressed 16-bit data)."""
+    from fastseg.io.integrity import nifti_voxel_count
+
+    count = nifti_voxel_count(path)
+    if count is not None:
+        return count
     try:
         import SimpleITK as sitk
 

@@ -1,8 +1,11 @@
 """Detects truncated NIfTI and GIPL files, and NaN/Inf in NIfTI files: SimpleITK hides both.
 
 NaN/Inf: ITK's NIfTI reader (niftilib) replaces non-finite float voxels with 0 on read, so no
-reader built on SimpleITK (nnU-Net's included) ever sees them. `nifti_nonfinite_voxels` counts them
-in the raw voxel data; verification reports them.
+reader built on SimpleITK (nnU-Net's included) ever sees them. `read_float_nifti` reads the voxels
+of a float NIfTI file itself, in one pass (a .nii.gz is decompressed once), counts the non-finite
+ones and zeroes them as niftilib does, so verification gets both the count and the array SimpleITK
+would return (`fastseg.io.sitk_format` adds SimpleITK's geometry from the header, and reads every
+float NIfTI file this way). `nifti_nonfinite_voxels` only counts.
 
 ITK's NIfTI and GIPL readers zero-fill whatever is missing at the end of a short file (NRRD, MetaImage,
 PNG and TIFF readers raise), so a copy that was cut off reads as an image whose last slices are
@@ -27,6 +30,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +81,120 @@ def _nifti_layout(head: bytes) -> tuple[str, int, int, int, int] | None:
     for n in dim[1 : dim[0] + 1]:
         voxels *= max(int(n), 1)
     return endian, int(datatype), int(bitpix), offset, voxels
+
+
+#: NIfTI magic strings of single-file images (.nii): NIfTI-1 at byte 344, NIfTI-2 at byte 4.
+_NIFTI1_MAGIC = b"n+1\0"
+_NIFTI2_MAGIC = b"n+2\0"
+
+
+def _nifti_scaling(head: bytes, endian: str) -> tuple[float, float] | None:
+    """(scl_slope, scl_inter) of a single-file NIfTI-1/2 header, or None for another kind of header
+    (a separate .hdr/.img pair, Analyze)."""
+    (sizeof_hdr,) = struct.unpack(endian + "i", head[:4])
+    if sizeof_hdr == 348 and head[344:348] == _NIFTI1_MAGIC:
+        return struct.unpack(endian + "2f", head[112:120])
+    if sizeof_hdr == 540 and head[4:8] == _NIFTI2_MAGIC:
+        return struct.unpack(endian + "2d", head[176:192])
+    return None
+
+
+def gunzip(data: bytes) -> bytes:
+    """The content of a gzip stream, decompressed in one call.
+
+    With the `deflate` package installed (libdeflate: about twice zlib's speed on the nearly
+    incompressible voxels of noisy float images), a single-member stream is decompressed by it;
+    several members, a damaged stream, or no `deflate`: the standard library's `gzip.decompress`
+    (which raises the error that says what is wrong).
+    """
+    try:
+        import deflate
+    except ImportError:
+        return gzip.decompress(data)
+    try:
+        return deflate.gzip_decompress(data)
+    except Exception:  # noqa: BLE001 -- deflate.DeflateError; zlib decides and says what is wrong
+        return gzip.decompress(data)
+
+
+@dataclass(frozen=True)
+class FloatNifti:
+    """The voxels of a float NIfTI file as ITK's reader leaves them.
+
+    Attributes:
+        voxels: flat, in file order (x fastest), native byte order, writeable; NaN/Inf replaced by 0.
+        nonfinite: how many voxels were NaN or Inf in the file.
+    """
+
+    voxels: np.ndarray
+    nonfinite: int
+
+
+def read_float_nifti(path: str | Path) -> FloatNifti | None:
+    """Reads a float32/float64 NIfTI file's voxels in one pass, counting and zeroing NaN/Inf.
+
+    Only files whose voxels ITK's reader returns unchanged but for the NaN/Inf it zeroes qualify: a
+    single-file NIfTI-1/2 (.nii, .nii.gz) of datatype float32 or float64 without intensity scaling
+    (scl_slope 0 or 1, scl_inter 0). Anything else returns None without reading the voxels.
+
+    Args:
+        path: a .nii or .nii.gz file (checked for truncation beforehand: `truncation_problem`).
+
+    Returns:
+        A FloatNifti, or None (see above).
+
+    Raises:
+        OSError, EOFError, zlib.error: the file or its gzip stream cannot be read.
+        ValueError: the file holds fewer voxel bytes than its header promises.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    compressed = _is_gzip(path)
+    with _open(path, compressed) as f:
+        head = f.read(540)
+    layout = _nifti_layout(head)
+    if layout is None or layout[1] not in _NIFTI_FLOATS:
+        return None
+    endian, datatype, _, offset, count = layout
+    scaling = _nifti_scaling(head, endian)
+    if scaling is None or scaling[0] not in (0.0, 1.0) or scaling[1] != 0.0:
+        return None
+    dtype = np.dtype(endian + _NIFTI_FLOATS[datatype])
+    nbytes = count * dtype.itemsize
+    if compressed:
+        with open(path, "rb") as f:
+            content = gunzip(f.read())  # the whole stream at once: one pass, in C
+        if len(content) < offset + nbytes:
+            raise ValueError(f"the header promises {offset + nbytes} bytes but the decompressed file holds {len(content)}")
+        voxels = np.frombuffer(content, dtype=dtype, count=count, offset=offset).astype(dtype.newbyteorder("="))
+        del content
+    else:
+        voxels = np.fromfile(path, dtype=dtype, count=count, offset=offset)
+        if voxels.size < count:
+            raise ValueError(f"the header promises {count} voxels but the file holds {voxels.size}")
+        if not dtype.isnative:
+            voxels = voxels.astype(dtype.newbyteorder("="))
+    finite = np.isfinite(voxels)
+    nonfinite = int(voxels.size - np.count_nonzero(finite))
+    if nonfinite:
+        np.logical_not(finite, out=finite)
+        voxels[finite] = 0
+    return FloatNifti(voxels, nonfinite)
+
+
+def nifti_voxel_count(path: str | Path) -> int | None:
+    """Voxels (times components) a NIfTI file's header declares, reading only the header; None for
+    another format or a header this module does not understand."""
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with _open(path, _is_gzip(path)) as f:
+            layout = _nifti_layout(f.read(540))
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None if layout is None else layout[4]
 
 
 def nifti_nonfinite_voxels(path: str | Path) -> int:

@@ -10,20 +10,37 @@ interchangeable):
 - A 4D file reads as channels (t, z, y, x) with spacing (z, y, x).
 - 'sitk_stuff' keeps {'spacing', 'origin', 'direction'} exactly as SimpleITK reports them; writing
   restores them, so a prediction lands on the input's physical grid.
+
+Float NIfTI files (.nii, .nii.gz) are read in one pass by `fastseg.io.integrity.read_float_nifti`
+(libdeflate decompresses them when the `deflate` package is installed), with the geometry from
+SimpleITK's header read: the arrays and properties `sitk.ReadImage` gives, plus the number of
+NaN/Inf voxels that ITK's reader turns into 0, which verification reports. Other files, and float
+NIfTI files whose header asks for intensity scaling, are read by SimpleITK.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import SimpleITK as sitk
 
 from fastseg.io.atomic import atomic_path
 from fastseg.io.dtypes import image_storage_array, seg_storage_dtype
 from fastseg.io.errors import ImageFileError
 from fastseg.io.format_base import Role
-from fastseg.io.integrity import truncation_problem
+from fastseg.io.integrity import nifti_nonfinite_voxels, read_float_nifti, truncation_problem
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+# SimpleITK is imported where it is used: listing a dataset picks this format by file ending
+# (`fastseg.io.reader_for`) without reading an image, and importing SimpleITK takes a few tenths of
+# a second -- on the critical path of a command's main process before its workers start. Worker
+# processes preload it (their fork server imports it once).
 
 #: nnU-Net's spacing for the dummy axis of 2D images is this factor times the largest in-plane spacing.
 DUMMY_SPACING_FACTOR = 999
@@ -35,14 +52,21 @@ def _sitk_message(err: Exception) -> str:
     return (errors or lines or [type(err).__name__])[-1]
 
 
-def read_sitk_image(path: Path) -> sitk.Image:
-    """`sitk.ReadImage` with our truncation check and an `ImageFileError` that names the file."""
-    path = Path(path)
+def _check_readable(path: Path) -> None:
+    """Raises `ImageFileError` for a missing or truncated file."""
     if not path.is_file():
         raise ImageFileError(f"{path}: file not found")
     problem = truncation_problem(path)
     if problem:
         raise ImageFileError(f"{path}: {problem}")
+
+
+def read_sitk_image(path: Path) -> sitk.Image:
+    """`sitk.ReadImage` with our truncation check and an `ImageFileError` that names the file."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    _check_readable(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -51,11 +75,48 @@ def read_sitk_image(path: Path) -> sitk.Image:
 
 def write_sitk_image(image: sitk.Image, path: Path) -> None:
     """`sitk.WriteImage` (compressed where the format allows), atomically."""
+    import SimpleITK as sitk
+
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), True)
         except RuntimeError as e:
             raise OSError(f"cannot write {path}: {_sitk_message(e)}") from None
+
+
+def _check_components(path: Path, components: int) -> None:
+    if components != 1:
+        raise ImageFileError(
+            f"{path}: has {components} components per voxel (a vector/RGB image); "
+            "store each channel as its own file (case_0000, case_0001, ...)"
+        )
+
+
+def _as_channels(path: Path, array: np.ndarray, spacing, origin, direction) -> tuple[np.ndarray, dict]:
+    """SimpleITK's (z, y, x) array as (C, z, y, x) with the properties `read` returns."""
+    if array.ndim == 2:
+        array = array[None, None]
+        zyx = [max(spacing) * DUMMY_SPACING_FACTOR, spacing[1], spacing[0]]
+    elif array.ndim == 3:
+        array = array[None]
+        zyx = list(spacing[::-1])
+    elif array.ndim == 4:
+        zyx = list(spacing[::-1][1:])
+    else:
+        raise ImageFileError(f"{path}: has {array.ndim} dimensions; expected a 2D, 3D or 4D image")
+    props = {
+        "spacing": [abs(float(s)) for s in zyx],
+        "sitk_stuff": {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)},
+    }
+    return array, props
+
+
+def _read_with_sitk(path: Path) -> tuple[np.ndarray, dict]:
+    import SimpleITK as sitk
+
+    image = read_sitk_image(path)
+    _check_components(path, image.GetNumberOfComponentsPerPixel())
+    return _as_channels(path, sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 class SimpleITKFormat:
@@ -65,31 +126,48 @@ class SimpleITKFormat:
     file_endings = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
 
     def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
-        image = read_sitk_image(path)
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise ImageFileError(
-                f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (a vector/RGB image); "
-                "store each channel as its own file (case_0000, case_0001, ...)"
-            )
-        spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-        array = sitk.GetArrayFromImage(image)
-        if array.ndim == 2:
-            array = array[None, None]
-            zyx = [max(spacing) * DUMMY_SPACING_FACTOR, spacing[1], spacing[0]]
-        elif array.ndim == 3:
-            array = array[None]
-            zyx = list(spacing[::-1])
-        elif array.ndim == 4:
-            zyx = list(spacing[::-1][1:])
-        else:
-            raise ImageFileError(f"{path}: has {array.ndim} dimensions; expected a 2D, 3D or 4D image")
-        props = {
-            "spacing": [abs(float(s)) for s in zyx],
-            "sitk_stuff": {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)},
-        }
+        """What `sitk.ReadImage` reads, as (C, z, y, x) and properties. A float NIfTI file's voxels
+        are read by `fastseg.io.integrity.read_float_nifti` (the same values, decompressed faster),
+        its geometry by SimpleITK from the header."""
+        array, props, _ = self.read_counting_nonfinite(path, role)
         return array, props
 
+    def read_counting_nonfinite(self, path: Path, role: Role) -> tuple[np.ndarray, dict, int]:
+        """`read`, plus the number of NaN/Inf voxels the reader turned into 0 (NIfTI only; other
+        formats keep them in the array). A float NIfTI file is read once for both: its voxels by
+        `fastseg.io.integrity.read_float_nifti`, its geometry from SimpleITK's header read."""
+        import SimpleITK as sitk
+
+        path = Path(path)
+        name = path.name.lower()
+        if not name.endswith((".nii", ".nii.gz")):
+            return (*_read_with_sitk(path), 0)
+        _check_readable(path)
+        try:
+            nifti = read_float_nifti(path)
+        except (OSError, EOFError, zlib.error, ValueError) as e:
+            raise ImageFileError(f"{path}: cannot be read as an image ({e}); the file is truncated or corrupt") from None
+        if nifti is None:  # not float data (nothing hidden), or scaled: SimpleITK's read, then a count
+            array, props = _read_with_sitk(path)
+            return array, props, nifti_nonfinite_voxels(path) if array.dtype.kind == "f" else 0
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise ImageFileError(f"{path}: cannot be read as an image ({_sitk_message(e)})") from None
+        _check_components(path, reader.GetNumberOfComponents())
+        size = reader.GetSize()
+        expected_id = sitk.sitkFloat32 if nifti.voxels.dtype == np.float32 else sitk.sitkFloat64
+        if reader.GetPixelID() != expected_id or math.prod(size) != nifti.voxels.size:
+            # A layout SimpleITK interprets differently from the header fields read here: its own read.
+            return (*_read_with_sitk(path), nifti.nonfinite)
+        array = nifti.voxels.reshape(size[::-1])
+        return (*_as_channels(path, array, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()), nifti.nonfinite)
+
     def write(self, array: np.ndarray, path: Path, properties: dict, role: Role) -> None:
+        import SimpleITK as sitk
+
         spacing, origin, direction = _geometry(array, properties)
         if len(spacing) == 2 and array.ndim == 3:
             if array.shape[0] != 1:

@@ -36,7 +36,6 @@ from fastseg.io.errors import ImageFileError
 from fastseg.io.formats import format_of
 from fastseg.io.geometry import compare_geometry
 from fastseg.io.images import stack_channels
-from fastseg.io.integrity import nifti_nonfinite_voxels
 from fastseg.runtime.workers import parallel_map
 from fastseg.io.report import Problem, VerificationReport
 
@@ -110,10 +109,15 @@ def _strip_path(message: str, path: str) -> str:
 
 
 def _read(path: str, role: str, root: str, out: list[Problem]):
-    """(array, properties) of one file, or None with a problem recorded."""
+    """(array, properties, NaN/Inf voxels the reader turned into 0) of one file, or None with a
+    problem recorded. The file is read (decompressed) once for all three."""
     rel = _rel(root, path)
     try:
-        return format_of(path).read(Path(path), role)  # type: ignore[arg-type]
+        fmt = format_of(path)
+        counting = getattr(fmt, "read_counting_nonfinite", None)  # formats whose reader hides NaN/Inf
+        if counting is not None:
+            return counting(Path(path), role)
+        return (*fmt.read(Path(path), role), 0)  # type: ignore[arg-type]
     except ImageFileError as e:
         out.append(Problem(_strip_path(str(e), path), rel))
     except ValueError as e:  # unsupported ending
@@ -142,11 +146,10 @@ def _label_values(seg: np.ndarray) -> np.ndarray:
     return np.unique(seg)
 
 
-def _nonfinite_problem(path: str, array: np.ndarray, rel: str) -> Problem | None:
-    """NaN/Inf voxels of a float image: counted in the raw file for NIfTI (whose readers zero them)."""
+def _nonfinite_problem(array: np.ndarray, hidden: int, rel: str) -> Problem | None:
+    """NaN/Inf voxels of a float image: `hidden` counts those the reader turned into 0 (NIfTI)."""
     if array.dtype.kind != "f":
         return None
-    hidden = nifti_nonfinite_voxels(path)
     if hidden:
         return Problem(
             f"holds {hidden} NaN/Inf voxels, which NIfTI readers (SimpleITK, so nnU-Net too) silently turn into 0; "
@@ -174,9 +177,9 @@ def _check_images(
         got = _read(path, "image", job.root, out)
         if got is None:
             continue
-        array, props = got
+        array, props, hidden = got
         rel = _rel(job.root, path)
-        problem = _nonfinite_problem(path, array, rel)
+        problem = _nonfinite_problem(array, hidden, rel)
         if problem:
             out.append(problem)
         images.append((rel, array.shape, props))
@@ -206,12 +209,11 @@ def _check_label(job: _CaseJob, images: list, out: list[Problem], keep: list | N
     got = _read(job.label, "seg", job.root, out)
     if got is None:
         return ()
-    seg, seg_props = got
+    seg, seg_props, hidden = got
     rel = _rel(job.root, job.label)
     if seg.shape[0] != 1:
         out.append(Problem(f"a segmentation must have one channel, got {seg.shape[0]}", rel))
         return ()
-    hidden = nifti_nonfinite_voxels(job.label) if seg.dtype.kind == "f" else 0
     if hidden:
         out.append(
             Problem(
@@ -258,8 +260,10 @@ def _check_case(job: _CaseJob) -> _CaseResult:
         res.labels_found = _check_label(job, images, res.problems, labels)
     if analyze is None or any(p.severity == "error" for p in res.problems) or not labels or not arrays or len(arrays) != len(job.images):
         return res
-    case = VerifiedCase(job.identifier, stack_channels(arrays), images[0][2], labels[0], job.num_training_cases)
-    del arrays[:]  # the float32 stack replaces the channels as read
+    # One float32 channel is used as read; otherwise the float32 stack replaces the channels as read.
+    stacked = arrays[0] if len(arrays) == 1 and arrays[0].dtype == np.float32 else stack_channels(arrays)
+    case = VerifiedCase(job.identifier, stacked, images[0][2], labels[0], job.num_training_cases)
+    del arrays[:], stacked
     res.analyzed = True
     try:
         res.analysis = analyze(case)

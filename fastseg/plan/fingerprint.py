@@ -9,8 +9,9 @@ The sampling rule is nnU-Net's, so the statistics come out the same: the dataset
 samples per channel in total, `int(10e7 // n_cases)` per case, drawn with replacement by
 `numpy.random.RandomState(1234).choice` -- a fresh generator per case, shared by its channels in
 channel order -- and a case without foreground contributes nothing. Over all samples of a channel:
-mean, std, min, max, median and the 0.5 / 99.5 percentiles (`fastseg.plan.intensity`, which keeps
-integer-valued samples as counts instead of 10^8 floats).
+mean, std, min, max, median and the 0.5 / 99.5 percentiles (`fastseg.plan.intensity`: each case
+sends its samples as sorted value counts, at most one entry per foreground voxel, instead of 10^8 / n
+floats, and the main process merges counts).
 
 `fastseg plan` does the per-case part inside dataset verification instead, on the arrays the
 verification workers have just read (`fingerprint_verified_case`, the `analyze` hook of
@@ -56,9 +57,9 @@ class CaseFingerprint:
     Attributes:
         shape_after_crop: spatial shape (z, y, x) of the nonzero crop.
         spacing: voxel spacing (z, y, x).
-        samples: per channel, the sampled foreground intensities (a float32 array, or
-            `fastseg.plan.intensity.ValueCounts` for integer-valued images), or [] when the case has
-            no foreground.
+        samples: per channel, the sampled foreground intensities as
+            `fastseg.plan.intensity.ValueCounts` (a float32 array when a sample is NaN or Inf), or []
+            when the case has no foreground.
         relative_size_after_cropping: voxels after the crop / voxels before.
     """
 

@@ -3,16 +3,20 @@
 
 Sampling is nnU-Net's: `RandomState.choice(values, n, replace=True)`, which draws
 `randint(0, len(values), n)` and gathers. The statistics are those of the multiset of all samples of
-the dataset (10^8 per channel), and a multiset can be stored as counts: when a case's foreground
-values are integers in a modest range (CT in HU, 8/16-bit MR stored as integers), the case sends
-`ValueCounts` -- the distinct sampled values and how often each was drawn -- instead of millions of
-floats. With every case in that form, mean, std, min, max and the percentiles come from the merged
-counts (float64 sums; percentiles by numpy's linear rule on the order statistics), without
-materializing or partitioning 10^8 values. Otherwise the samples are expanded and numpy computes the
-statistics exactly as nnU-Net does (float32 mean/std, `np.percentile`).
+the dataset (10^8 per channel), and a multiset can be stored as counts: each case sends
+`ValueCounts` -- the distinct sampled values, sorted, and how often each was drawn -- instead of
+millions of samples. The draws are made in chunks and only counted per voxel (no 10^8-element index
+or sample array); a case's counts hold at most as many entries as its foreground has voxels (a 10^6
+voxel foreground sends 16 MB instead of 80 MB of samples for 20 million draws). Integer-valued
+foregrounds in a modest range (CT in HU, 8/16-bit MR) are counted per value without a sort.
 
-Both paths give nnU-Net's numbers: identical order statistics, and means/stds within float32
-rounding of nnU-Net's float32 sums.
+Over the counts of all cases: min and max, the percentiles by numpy's linear rule on the order
+statistics (the same numbers `np.percentile` gives on the expanded samples; each order statistic is
+found by binary searches in the cases' sorted values, so nothing is merged or sorted in the main
+process), mean and std as float64 sums (within float32 rounding of nnU-Net's float32
+`np.mean`/`np.std`), without materializing or partitioning 10^8 values. Samples that are not finite (possible only without
+verification) are kept as a float32 array, and then numpy computes the statistics over all samples
+expanded, exactly as nnU-Net does.
 """
 
 from __future__ import annotations
@@ -38,36 +42,108 @@ class ValueCounts:
         return int(self.counts.sum())
 
 
+#: Draws made per `randint` call while counting (bounds the index memory; the stream is the same).
+_DRAW_CHUNK = 1 << 22
+
+
+def _draw_counts(size: int, num_samples: int, rng: np.random.RandomState) -> np.ndarray:
+    """How often each of `size` voxels is drawn by `rng.randint(0, size, num_samples)`, as int64.
+
+    Drawn in chunks: consecutive `randint` calls continue the same stream (legacy bounded 32-bit
+    draws are not buffered), so the generator ends where one call would leave it."""
+    counts = np.zeros(size, dtype=np.int64)
+    chunk = max(_DRAW_CHUNK, size)  # a chunk at least as long as the counts it is added to
+    left = num_samples
+    while left > 0:
+        n = min(chunk, left)
+        counts += np.bincount(rng.randint(0, size, n), minlength=size)
+        left -= n
+    return counts
+
 
 def draw_samples(values: np.ndarray, num_samples: int, rng: np.random.RandomState):
-    """`rng.choice(values, num_samples, replace=True)` (same generator use), as ValueCounts when the
-    values are integers in a modest range, else as a float32 array; [] when `values` is empty."""
+    """`rng.choice(values, num_samples, replace=True)` (same generator use) as ValueCounts, or as
+    the float32 sample array when `values` holds NaN or Inf; [] when `values` is empty."""
     if values.size == 0:
         return []
-    index = rng.randint(0, values.size, num_samples)  # what RandomState.choice draws
     lo, hi = values.min(), values.max()
-    if np.isfinite(lo) and np.isfinite(hi) and hi - lo < _MAX_RANGE:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return values[rng.randint(0, values.size, num_samples)]  # what RandomState.choice draws
+    per_voxel = _draw_counts(values.size, num_samples, rng)
+    if hi - lo < _MAX_RANGE:
         codes = (values - lo).astype(np.int32)
-        if np.array_equal(codes + lo, values):  # integer-valued
-            # How often each voxel was drawn, then summed per value: no gather of the samples.
-            per_voxel = np.bincount(index, minlength=values.size)
+        if np.array_equal(codes + lo, values):  # integer-valued: counts per value, no sort
             counts = np.bincount(codes, weights=per_voxel, minlength=int(hi - lo) + 1).astype(np.int64)
             kept = np.flatnonzero(counts)
             return ValueCounts(kept.astype(np.float64) + float(lo), counts[kept])
-    return values[index]
+    drawn = np.flatnonzero(per_voxel)
+    drawn_values = values[drawn]
+    order = np.argsort(drawn_values)
+    sorted_values, sorted_counts = drawn_values[order], per_voxel[drawn][order]
+    # Voxels of equal value become one entry.
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    return ValueCounts(sorted_values[starts].astype(np.float64), np.add.reduceat(sorted_counts, starts))
 
 
-def _percentile_of_counts(values: np.ndarray, counts: np.ndarray, q: float) -> float:
-    """numpy's linear-interpolation percentile of the expanded multiset."""
-    n = int(counts.sum())
+_SIGN_MASK = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _key(value: float) -> int:
+    """An int64 key that orders float64 values as the values (flips the magnitude bits of negatives)."""
+    bits = np.float64(value).view(np.int64)
+    return int(bits ^ ((bits >> 63) & _SIGN_MASK))
+
+
+def _value(key: int) -> float:
+    """The float64 value of a `_key` (the same bit flip undoes it)."""
+    k = np.int64(key)
+    return float((k ^ ((k >> 63) & _SIGN_MASK)).view(np.float64))
+
+
+class _SortedUnion:
+    """Order statistics of the union of several ValueCounts (each sorted), without merging them:
+    the rank of a value is a sum of binary searches, and an order statistic is found by bisecting
+    the 64-bit keys of the float64 values (at most 64 rounds of one search per part)."""
+
+    def __init__(self, parts: Sequence[ValueCounts]) -> None:
+        self.values = [p.values for p in parts]
+        self.cums = [np.cumsum(p.counts) for p in parts]
+        self.size = int(sum(int(c[-1]) for c in self.cums))
+
+    def _at_most(self, value: float) -> tuple[int, float]:
+        """(how many samples are <= value, the largest sample value <= value)."""
+        total, largest = 0, -np.inf
+        for values, cum in zip(self.values, self.cums):
+            i = int(np.searchsorted(values, value, side="right"))
+            if i:
+                total += int(cum[i - 1])
+                largest = max(largest, float(values[i - 1]))
+        return total, largest
+
+    def order_statistic(self, rank: int) -> float:
+        """The sample at 0-based `rank` in sorted order."""
+        lo = _key(min(float(v[0]) for v in self.values))
+        hi = _key(max(float(v[-1]) for v in self.values))
+        while lo < hi:  # the smallest key whose value has more than `rank` samples at or below it
+            mid = (lo + hi) // 2
+            if self._at_most(_value(mid))[0] > rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._at_most(_value(lo))[1]
+
+
+def _percentile_of_counts(union: _SortedUnion, q: float, float32: bool) -> float:
+    """numpy's linear-interpolation percentile of the expanded multiset, computed as numpy computes
+    it on a float32 (`float32`) or float64 array."""
+    n = union.size
     quantile = q / 100
     virtual = n * quantile + (1 + quantile * (1 - 1 - 1)) - 1  # numpy's virtual index, alpha = beta = 1
     below = int(np.floor(virtual))
     gamma = virtual - below
-    cum = np.cumsum(counts)
-    ranks = np.clip([below, below + 1], 0, n - 1)
-    a, b = (np.float32(values[np.searchsorted(cum, r, side="right")]) for r in ranks)
-    diff = np.float32(b - a)
+    kind = np.float32 if float32 else np.float64
+    a, b = (kind(union.order_statistic(int(r))) for r in np.clip([below, below + 1], 0, n - 1))
+    diff = kind(b - a)
     if gamma >= 0.5:
         return float(np.float64(b) - np.float64(diff) * (1 - gamma))
     return float(np.float64(a) + np.float64(diff) * gamma)
@@ -80,15 +156,15 @@ def channel_statistics(samples: Sequence) -> dict:
     if not present:
         raise ValueError("no foreground samples")
     if all(isinstance(s, ValueCounts) for s in present):
-        merged_values = np.concatenate([s.values for s in present])
-        merged_counts = np.concatenate([s.counts for s in present])
-        values, inverse = np.unique(merged_values, return_inverse=True)
-        counts = np.bincount(inverse, weights=merged_counts, minlength=values.size).astype(np.int64)
-        n = int(counts.sum())
-        mean = float((values * counts).sum() / n)
-        std = float(np.sqrt((((values - mean) ** 2) * counts).sum() / n))
-        p005, median, p995 = (_percentile_of_counts(values, counts, q) for q in PERCENTILES)
-        stats = {"mean": mean, "std": std, "min": float(values[0]), "max": float(values[-1])}
+        union = _SortedUnion(present)
+        n = union.size
+        mean = float(sum(float(np.dot(s.values, s.counts)) for s in present) / n)
+        std = float(np.sqrt(sum(float(np.dot((s.values - mean) ** 2, s.counts)) for s in present) / n))
+        # nnU-Net's concatenation is float32, unless a case without foreground adds a [] (float64).
+        float32 = len(present) == len(samples)
+        p005, median, p995 = (_percentile_of_counts(union, q, float32) for q in PERCENTILES)
+        lowest, highest = min(float(s.values[0]) for s in present), max(float(s.values[-1]) for s in present)
+        stats = {"mean": mean, "std": std, "min": lowest, "max": highest}
     else:
         parts = [np.repeat(s.values, s.counts).astype(np.float32) if isinstance(s, ValueCounts) else s for s in samples]
         # nnU-Net concatenates every case's samples, [] for a case without foreground (which makes the

@@ -91,6 +91,7 @@ class _InPlane:
     seg: np.ndarray
     spacing: list[float]  # (original z, target y, target x)
     plan: CasePlan
+    class_locations: dict | None = None  # sampled from `seg` for `plan.classes` (labelled cases)
 
 
 def _reuse_in_plane(cropped: _Cropped, plan: CasePlan, target: list[float], previous: _InPlane | None) -> _InPlane | None:
@@ -131,10 +132,19 @@ def _resample_and_sample(
     if tuple(new_shape) != tuple(data.shape[1:]):
         data = resample(data, new_shape, spacing, target, is_seg=False, **plan.data_resampling)
         seg = resample(seg, new_shape, spacing, target, is_seg=True, **plan.seg_resampling)
-    reusable = _InPlane(data, seg, target, plan) if len(plan.spacing) == 2 else None
     props = dict(cropped.properties)
     if has_seg:
-        props["class_locations"] = sample_class_locations(seg, plan.classes)
+        if (
+            in_plane is not None
+            and seg is in_plane.seg
+            and in_plane.class_locations is not None
+            and list(in_plane.plan.classes) == list(plan.classes)
+        ):
+            # The 2d result's segmentation itself (nothing left to resample): the same samples.
+            props["class_locations"] = dict(in_plane.class_locations)
+        else:
+            props["class_locations"] = sample_class_locations(seg, plan.classes)
+    reusable = _InPlane(data, seg, target, plan, props.get("class_locations")) if len(plan.spacing) == 2 else None
     seg = seg.astype(np.int16 if seg.size and seg.max() > 127 else np.int8, copy=False)
     return data, seg, props, reusable
 
@@ -163,9 +173,10 @@ def preprocess_case_multi(
     data: np.ndarray, seg: np.ndarray | None, properties: Mapping[str, Any], plans: Sequence[CasePlan]
 ) -> Iterator[tuple[CasePlan, np.ndarray, np.ndarray, dict]]:
     """`preprocess_case` for several configurations, transposing, cropping and normalizing once
-    per distinct normalization, and starting a 3D configuration from a 2d one's in-plane result when
-    that gives the same output (`_reuse_in_plane`). Yields (plan, data, seg, properties) per plan,
-    in order (put 2d first to benefit)."""
+    per distinct normalization, starting a 3D configuration from a 2d one's in-plane result when
+    that gives the same output (`_reuse_in_plane`), and sampling class locations once when a 3D
+    configuration ends with the 2d one's segmentation itself (the same grid: nothing resampled).
+    Yields (plan, data, seg, properties) per plan, in order (put 2d first to benefit)."""
     key, cropped, in_plane = None, None, None
     for plan in plans:
         if plan.normalization_key() != key:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy.random  # noqa: F401 -- preloaded for the workers, see above
+import SimpleITK  # noqa: F401 -- preloaded for the workers (fastseg.io.sitk_format imports it at first use)
 
 import fastseg.io.sitk_format  # noqa: F401 -- preloaded for the workers, see above
 from fastseg import io as fio
