@@ -128,8 +128,10 @@ def test_channel_statistics_match_numpy(rng, integer, sizes):
     ref = {"mean": np.mean(x), "std": np.std(x), "min": x.min(), "max": x.max(), "median": median, "percentile_00_5": p005, "percentile_99_5": p995}
     for k in ("min", "max", "median", "percentile_00_5", "percentile_99_5"):
         assert got[k] == float(ref[k]), k  # order statistics: exact
-    assert got["mean"] == pytest.approx(float(ref["mean"]), rel=1e-12)  # equal today: float64 sums
-    assert got["std"] == pytest.approx(float(ref["std"]), rel=1e-12)
+    # numpy sums the float32 samples in float32 (pairwise); value counts are summed in float64, so
+    # the two differ by float32 rounding (measured up to 1.4e-8 relative).
+    assert got["mean"] == pytest.approx(float(ref["mean"]), rel=1e-6)
+    assert got["std"] == pytest.approx(float(ref["std"]), rel=1e-6)
     assert list(got) == list(STATS)
 
 
