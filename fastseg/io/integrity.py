@@ -122,7 +122,9 @@ class FloatNifti:
     """The voxels of a float NIfTI file as ITK's reader leaves them.
 
     Attributes:
-        voxels: flat, in file order (x fastest), native byte order, writeable; NaN/Inf replaced by 0.
+        voxels: flat, in file order (x fastest), native byte order, NaN/Inf replaced by 0; a
+            read-only view of the decompressed file when nothing had to be changed (copy before
+            writing to it).
         nonfinite: how many voxels were NaN or Inf in the file.
     """
 
@@ -167,17 +169,18 @@ def read_float_nifti(path: str | Path) -> FloatNifti | None:
             content = gunzip(f.read())  # the whole stream at once: one pass, in C
         if len(content) < offset + nbytes:
             raise ValueError(f"the header promises {offset + nbytes} bytes but the decompressed file holds {len(content)}")
-        voxels = np.frombuffer(content, dtype=dtype, count=count, offset=offset).astype(dtype.newbyteorder("="))
-        del content
+        voxels = np.frombuffer(content, dtype=dtype, count=count, offset=offset)  # read-only, no copy
     else:
         voxels = np.fromfile(path, dtype=dtype, count=count, offset=offset)
         if voxels.size < count:
             raise ValueError(f"the header promises {count} voxels but the file holds {voxels.size}")
-        if not dtype.isnative:
-            voxels = voxels.astype(dtype.newbyteorder("="))
+    if not dtype.isnative:
+        voxels = voxels.astype(dtype.newbyteorder("="))
     finite = np.isfinite(voxels)
     nonfinite = int(voxels.size - np.count_nonzero(finite))
     if nonfinite:
+        if not voxels.flags.writeable:
+            voxels = voxels.copy()
         np.logical_not(finite, out=finite)
         voxels[finite] = 0
     return FloatNifti(voxels, nonfinite)

@@ -127,8 +127,10 @@ class SimpleITKFormat:
 
     def read(self, path: Path, role: Role) -> tuple[np.ndarray, dict]:
         """What `sitk.ReadImage` reads, as (C, z, y, x) and properties. A float NIfTI file's voxels
-        are read by `fastseg.io.integrity.read_float_nifti` (the same values, decompressed faster),
-        its geometry by SimpleITK from the header."""
+        are read by `fastseg.io.integrity.read_float_nifti` (the same values, decompressed faster;
+        the array is then a read-only view of the decompressed file unless NaN/Inf had to be
+        zeroed: `read_images` and `read_seg` return copies), its geometry by SimpleITK from the
+        header."""
         array, props, _ = self.read_counting_nonfinite(path, role)
         return array, props
 

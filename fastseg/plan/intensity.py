@@ -14,9 +14,9 @@ Over the counts of all cases: min and max, the percentiles by numpy's linear rul
 statistics (the same numbers `np.percentile` gives on the expanded samples; each order statistic is
 found by binary searches in the cases' sorted values, so nothing is merged or sorted in the main
 process), mean and std as float64 sums (within float32 rounding of nnU-Net's float32
-`np.mean`/`np.std`), without materializing or partitioning 10^8 values. Samples that are not finite (possible only without
-verification) are kept as a float32 array, and then numpy computes the statistics over all samples
-expanded, exactly as nnU-Net does.
+`np.mean`/`np.std`), without materializing or partitioning 10^8 values. Samples that are not
+finite (possible only without verification) are kept as a float32 array, and then numpy computes
+the statistics over all samples expanded, exactly as nnU-Net does.
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def channel_statistics(samples: Sequence) -> dict:
     if all(isinstance(s, ValueCounts) for s in present):
         union = _SortedUnion(present)
         n = union.size
-        mean = float(sum(float(np.dot(s.values, s.counts)) for s in present) / n)
-        std = float(np.sqrt(sum(float(np.dot((s.values - mean) ** 2, s.counts)) for s in present) / n))
+        mean = float(sum(float((s.values * s.counts).sum()) for s in present) / n)
+        std = float(np.sqrt(sum(float((np.square(s.values - mean) * s.counts).sum()) for s in present) / n))
         # nnU-Net's concatenation is float32, unless a case without foreground adds a [] (float64).
         float32 = len(present) == len(samples)
         p005, median, p995 = (_percentile_of_counts(union, q, float32) for q in PERCENTILES)

@@ -68,18 +68,26 @@ def _transpose_crop(data: np.ndarray, seg: np.ndarray | None, properties: Mappin
     cropped, seg, bbox = crop_to_nonzero(data, seg)
     props["bbox_used_for_cropping"] = bbox
     props["shape_after_cropping_and_before_resampling"] = tuple(int(s) for s in cropped.shape[1:])
-    normalized = np.empty(cropped.shape, dtype=np.float32)
+    normalized = None
     mask = None
     for c in range(cropped.shape[0]):
         use_mask = plan.use_mask_for_norm[c]
         if use_mask and mask is None:
             mask = seg[0] >= 0
-        normalized[c] = normalize(
+        channel = normalize(
             cropped[c],
             plan.normalization_schemes[c],
             intensity_properties=plan.intensity_properties[c] or None,
             mask=mask if use_mask else None,
         )
+        if cropped.shape[0] == 1:
+            normalized = channel[None]  # one channel: the normalized array itself, no copy
+        else:
+            if normalized is None:
+                normalized = np.empty(cropped.shape, dtype=np.float32)
+            normalized[c] = channel
+    if normalized is None:  # no channels
+        normalized = np.empty(cropped.shape, dtype=np.float32)
     return _Cropped(normalized, seg, spacing, props)
 
 
