@@ -101,3 +101,19 @@ def timed_nap(seconds: float) -> tuple[float, float]:
     start = time.time()
     time.sleep(seconds)
     return start, time.time()
+
+
+def planned_dataset(base: Path, preprocess_3d_fullres: bool = False) -> tuple[Path, Path]:
+    """(raw dataset, work folder) of 3 small synthetic CT cases after `plan` (and, when asked,
+    `preprocess -c 3d_fullres`), under `base`."""
+    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+    from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
+    from fastseg.workflow import plan_dataset
+
+    raw = base / "raw" / "Dataset001_Synthetic"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=3, ct=True, shape=(12, 28, 24)), num_processes=1)
+    work = base / "work"
+    plan_dataset(raw, work, num_processes=1, progress=False)
+    if preprocess_3d_fullres:
+        preprocess_dataset(work, options=PreprocessOptions(configurations=("3d_fullres",), num_processes=1, progress=False))
+    return raw, work

@@ -71,15 +71,9 @@ def test_remove_temporaries_spares_live_processes(tmp_path):
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory) -> tuple[Path, Path]:
-    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
-    from fastseg.workflow import plan_dataset
+    from helpers import planned_dataset
 
-    base = tmp_path_factory.mktemp("planned")
-    raw = base / "raw" / "Dataset001_Synthetic"
-    write_synthetic_dataset(raw, SyntheticConfig(num_cases=3, ct=True, shape=(12, 28, 24)), num_processes=1)
-    work = base / "work"
-    plan_dataset(raw, work, num_processes=1, progress=False)
-    return raw, work
+    return planned_dataset(tmp_path_factory.mktemp("planned"), preprocess_3d_fullres=False)
 
 
 HOLDER = textwrap.dedent(
