@@ -72,19 +72,14 @@ def test_fill_holes_matches_scipy(rng):
 
 
 @pytest.mark.parametrize(
-    "kind,chunk",
+    "kind",
     [
-        pytest.param("integer", None, id="integer-counts"),
-        pytest.param("float", None, id="float-counts"),
-        pytest.param("float", 777, id="float-counts-drawn-in-chunks"),
-        pytest.param("nonfinite", None, id="nan-samples"),
+        pytest.param("integer", id="integer-counts"),
+        pytest.param("float", id="float-counts"),
+        pytest.param("nonfinite", id="nan-samples"),
     ],
 )
-def test_draw_samples_is_randomstate_choice(rng, monkeypatch, kind, chunk):
-    from fastseg.plan import intensity
-
-    if chunk is not None:
-        monkeypatch.setattr(intensity, "_DRAW_CHUNK", chunk)
+def test_draw_samples_is_randomstate_choice(rng, kind):
     values = rng.normal(0, 300, 5000).astype(np.float32)
     if kind == "integer":
         values = np.round(values)
@@ -104,6 +99,39 @@ def test_draw_samples_is_randomstate_choice(rng, monkeypatch, kind, chunk):
     draw_samples(values, 20000, rng2)
     assert rng2.randint(0, 1 << 30) == ref_rng.randint(0, 1 << 30)
     assert draw_samples(values[:0], 10, np.random.RandomState(0)) == []
+
+
+@pytest.mark.parametrize(
+    "size,n,draws_before",
+    [
+        pytest.param(1, 50, 0, id="one-voxel-draws-nothing"),
+        pytest.param(2, 1000, 0, id="two"),
+        pytest.param(1 << 16, 5000, 3, id="power-of-two"),
+        pytest.param((1 << 16) + 1, 5000, 0, id="power-of-two-plus-one-most-rejected"),
+        pytest.param(700_001, 3_000_000, 700, id="across-many-twists"),
+    ],
+)
+def test_native_draw_counts_replay_numpy_randint(size, n, draws_before):
+    """The native MT19937 replay counts what numpy's legacy `randint` draws, and leaves the
+    generator where numpy leaves it (also when the state is mid-block)."""
+    from fastseg.plan.intensity import _draw_counts
+
+    ours, ref = np.random.RandomState(1234), np.random.RandomState(1234)
+    for g in (ours, ref):
+        g.randint(0, 1000, draws_before)
+    counts = _draw_counts(size, n, ours)
+    expected = np.bincount(ref.randint(0, size, n), minlength=size)
+    assert counts.dtype == np.int32 and counts.shape == (size,)
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(ours.randint(0, 1 << 30, 10), ref.randint(0, 1 << 30, 10))
+
+
+def test_draw_counts_other_bit_generators_use_numpy():
+    from fastseg.plan.intensity import _draw_counts
+
+    ours, ref = (np.random.RandomState(np.random.PCG64(5)) for _ in range(2))
+    np.testing.assert_array_equal(_draw_counts(300, 2000, ours), np.bincount(ref.randint(0, 300, 2000), minlength=300))
+    assert ours.randint(0, 1 << 30) == ref.randint(0, 1 << 30)
 
 
 @pytest.mark.parametrize("integer", [True, False], ids=["integer", "float"])

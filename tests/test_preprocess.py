@@ -14,6 +14,8 @@ import copy
 import json
 import os
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from nnunetv2.preprocessing.preprocessors import default_preprocessor as pp
@@ -194,6 +196,43 @@ def test_2d_and_3d_of_the_same_grid_sample_locations_once(rng, monkeypatch):
         for k, v in direct[2]["class_locations"].items():
             np.testing.assert_array_equal(np.asarray(p["class_locations"][k]), np.asarray(v))
         assert_like_nnunet((d, s, p), nnunet_case_npy(data, seg, props, plans, plan.configuration, dataset_json))
+
+
+@pytest.mark.parametrize(
+    "spacing,linked",
+    [pytest.param((1.0, 1.0, 1.0), True, id="isotropic-2d-equals-3d"), pytest.param((3.0, 1.0, 1.0), False, id="anisotropic")],
+)
+def test_worker_links_arrays_that_two_configurations_share(tmp_path, rng, spacing, linked):
+    """A 2d and a 3d_fullres configuration whose arrays are the same share one copy on disk (hard
+    links); rewriting one configuration's case replaces its files and leaves the other's intact."""
+    from fastseg.io.raw_writer import write_case
+    from fastseg.preprocess.storage import save_case
+    from fastseg.preprocess.worker import preprocess_files
+
+    plans, dataset_json = make_plans([(1.0, 1.0, 1.0)] * 3, [(40, 48, 44)] * 3, 1, ["MR"], LABELS)
+    data, seg = make_case(rng, (40, 48, 44))
+    write_case(tmp_path / "raw", "case_0000", [data[0]], seg[0], {"spacing": list(spacing)}, ".nii.gz")
+    images, label = [str(tmp_path / "raw/imagesTr/case_0000_0000.nii.gz")], str(tmp_path / "raw/labelsTr/case_0000.nii.gz")
+    plan_2d, plan_3d = (CasePlan.from_plans(plans, c, dataset_json) for c in ("2d", "3d_fullres"))
+    folders = [str(tmp_path / "2d"), str(tmp_path / "3d")]
+    preprocess_files("case_0000", images, label, [plan_2d, plan_3d], folders)
+    from fastseg import io as fio
+
+    raw_data, raw_props = fio.read_images([Path(images[0])])
+    raw_seg = fio.read_seg(Path(label))[0]
+    for plan, folder in zip((plan_2d, plan_3d), folders):
+        expected = preprocess_case(raw_data, raw_seg, raw_props, plan)
+        got = load_case(folder, "case_0000")
+        np.testing.assert_array_equal(np.asarray(got[0]), expected[0])
+        np.testing.assert_array_equal(np.asarray(got[1]), expected[1])
+    for name in ("case_0000.npy", "case_0000_seg.npy"):
+        same_inode = os.stat(tmp_path / "2d" / name).st_ino == os.stat(tmp_path / "3d" / name).st_ino
+        assert same_inode == linked, name
+    before = np.load(tmp_path / "3d" / "case_0000.npy")
+    got = load_case(folders[0], "case_0000")
+    save_case(folders[0], "case_0000", np.asarray(got[0]) + 1, np.asarray(got[1]), got[2])
+    np.testing.assert_array_equal(np.load(tmp_path / "3d" / "case_0000.npy"), before)
+    np.testing.assert_array_equal(np.load(tmp_path / "2d" / "case_0000.npy"), np.asarray(got[0]) + 1)
 
 
 def test_preprocess_case_errors(rng):

@@ -187,6 +187,7 @@ py::tuple normalize_apply(const py::array& x, const py::object& mask, float lo, 
 namespace fastseg::bind {
 void register_components(py::module_& m);
 void register_inference(py::module_& m);
+void register_sampling(py::module_& m);
 }  // namespace fastseg::bind
 
 PYBIND11_MODULE(_C, m) {
@@ -212,4 +213,5 @@ PYBIND11_MODULE(_C, m) {
         "Returns the memory cached for the kernels' scratch buffers to the OS; returns the bytes freed.");
   fastseg::bind::register_components(m);
   fastseg::bind::register_inference(m);
+  fastseg::bind::register_sampling(m);
 }

@@ -5,8 +5,8 @@ Sampling is nnU-Net's: `RandomState.choice(values, n, replace=True)`, which draw
 `randint(0, len(values), n)` and gathers. The statistics are those of the multiset of all samples of
 the dataset (10^8 per channel), and a multiset can be stored as counts: each case sends
 `ValueCounts` -- the distinct sampled values, sorted, and how often each was drawn -- instead of
-millions of samples. The draws are made in chunks and only counted per voxel (no 10^8-element index
-or sample array); a case's counts hold at most as many entries as its foreground has voxels (a 10^6
+millions of samples. The draws are replayed by a native MT19937 kernel and only counted per voxel (no 10^8-element
+index or sample array); a case's counts hold at most as many entries as its foreground has voxels (a 10^6
 voxel foreground sends 16 MB instead of 80 MB of samples for 20 million draws). Integer-valued
 foregrounds in a modest range (CT in HU, 8/16-bit MR) are counted per value without a sort.
 
@@ -42,22 +42,21 @@ class ValueCounts:
         return int(self.counts.sum())
 
 
-#: Draws made per `randint` call while counting (bounds the index memory; the stream is the same).
-_DRAW_CHUNK = 1 << 22
-
-
 def _draw_counts(size: int, num_samples: int, rng: np.random.RandomState) -> np.ndarray:
-    """How often each of `size` voxels is drawn by `rng.randint(0, size, num_samples)`, as int64.
+    """How often each of `size` voxels is drawn by `rng.randint(0, size, num_samples)`, as int32.
 
-    Drawn in chunks: consecutive `randint` calls continue the same stream (legacy bounded 32-bit
-    draws are not buffered), so the generator ends where one call would leave it."""
-    counts = np.zeros(size, dtype=np.int64)
-    chunk = max(_DRAW_CHUNK, size)  # a chunk at least as long as the counts it is added to
-    left = num_samples
-    while left > 0:
-        n = min(chunk, left)
-        counts += np.bincount(rng.randint(0, size, n), minlength=size)
-        left -= n
+    The native kernel replays the generator's MT19937 stream from its state and counts (no
+    num_samples-element index array), then hands the state after the draws back to `rng`, so
+    later draws continue where numpy's own `randint` would have left them."""
+    from fastseg._native import cpu
+
+    state = rng.get_state(legacy=False)
+    if state["bit_generator"] != "MT19937" or not 1 <= size <= 1 << 31 or num_samples >= 1 << 31:
+        return np.bincount(rng.randint(0, size, num_samples), minlength=size).astype(np.int32)
+    key = np.array(state["state"]["key"], dtype=np.uint32)
+    counts, state["state"]["pos"] = cpu().mt19937_draw_counts(key, int(state["state"]["pos"]), int(size), int(num_samples))
+    state["state"]["key"] = key
+    rng.set_state(state)
     return counts
 
 
@@ -82,7 +81,7 @@ def draw_samples(values: np.ndarray, num_samples: int, rng: np.random.RandomStat
     sorted_values, sorted_counts = drawn_values[order], per_voxel[drawn][order]
     # Voxels of equal value become one entry.
     starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
-    return ValueCounts(sorted_values[starts].astype(np.float64), np.add.reduceat(sorted_counts, starts))
+    return ValueCounts(sorted_values[starts].astype(np.float64), np.add.reduceat(sorted_counts.astype(np.int64), starts))
 
 
 _SIGN_MASK = np.int64(0x7FFF_FFFF_FFFF_FFFF)

@@ -7,6 +7,9 @@
   shape_before_cropping, bbox_used_for_cropping, shape_after_cropping_and_before_resampling,
   class_locations) plus `preprocessing_hash`, which identifies the plans the case was made with.
 
+Files are never modified in place, so two configurations whose arrays are the same (a 2d and a
+3d_fullres configuration at one spacing) share them as hard links.
+
 Writes are atomic (`fastseg.io.atomic`): every file goes to a hidden temporary name in the same
 folder and is renamed into place, the JSON last, so an interrupted run leaves no half-written case.
 A case is complete when its JSON exists (with the expected hash) and is whole, and both arrays are
@@ -70,9 +73,18 @@ def _properties_json(props: Mapping[str, Any]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "xb") as f:
-        np.save(f, np.ascontiguousarray(array))
+def _save_npy_atomic(array: np.ndarray, path: Path, same_as: Path | None = None) -> None:
+    """Writes `array` to `path` atomically; `same_as`, a file that already holds exactly these
+    bytes, is hard-linked instead when the file system allows it."""
+    with atomic_path(path) as tmp:
+        if same_as is not None:
+            try:
+                os.link(same_as, tmp)
+                return
+            except OSError:  # no hard links here (another device, a file system without them): write
+                pass
+        with open(tmp, "xb") as f:
+            np.save(f, np.ascontiguousarray(array))
 
 
 def encode_location_key(key: int | tuple) -> str:
@@ -100,8 +112,14 @@ def save_case(
     seg: np.ndarray,
     properties: Mapping[str, Any],
     preprocessing_hash: str = "",
+    same_arrays_in: str | os.PathLike | None = None,
 ) -> None:
-    """Writes one preprocessed case atomically (the JSON, written last, marks it complete)."""
+    """Writes one preprocessed case atomically (the JSON, written last, marks it complete).
+
+    `same_arrays_in`: another configuration's folder that already holds this case's two arrays
+    with exactly this content (a 2d and a 3d_fullres configuration at the same spacing); its files
+    are hard-linked instead of written again (the same bytes on disk once, as long as neither is
+    rewritten: a later write replaces a file, it never modifies one in place)."""
     data_path, seg_path, json_path = case_paths(folder, identifier)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     if data.dtype != np.float32:
@@ -116,8 +134,11 @@ def save_case(
         }
     text = _properties_json(props)
     json_path.unlink(missing_ok=True)  # an old case is incomplete from here on
-    _save_npy_atomic(data, data_path)
-    _save_npy_atomic(seg, seg_path)
+    same_data = same_seg = None
+    if same_arrays_in is not None:
+        same_data, same_seg, _ = case_paths(same_arrays_in, identifier)
+    _save_npy_atomic(data, data_path, same_data)
+    _save_npy_atomic(seg, seg_path, same_seg)
     with atomic_path(json_path) as tmp:
         tmp.write_text(text)
 

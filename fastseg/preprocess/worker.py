@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import numpy.random  # noqa: F401 -- preloaded for the workers, see above
 import SimpleITK  # noqa: F401 -- preloaded for the workers (fastseg.io.sitk_format imports it at first use)
 
@@ -38,6 +39,10 @@ def preprocess_files(identifier: str, images: list[str], label: str | None, plan
         raise ValueError(f"need one output folder per plan, got {len(folders)} folders for {len(plans)} plans")
     data, props = fio.read_images([Path(p) for p in images])
     seg = fio.read_seg(Path(label))[0] if label is not None else None
+    saved: list[tuple[np.ndarray, np.ndarray, str]] = []  # arrays written for earlier plans, and where
     for plan, folder, (_, d, s, p) in zip(plans, folders, preprocess_case_multi(data, seg, props, plans)):
-        save_case(folder, identifier, d, s, p, plan.digest())
+        # A 3D configuration at the 2d one's spacing ends with the 2d one's very arrays: link its files.
+        same = next((f for d0, s0, f in saved if d0 is d and s0.dtype == s.dtype and np.array_equal(s0, s)), None)
+        save_case(folder, identifier, d, s, p, plan.digest(), same_arrays_in=same)
+        saved.append((d, s, folder))
     return [plan.configuration for plan in plans]
