@@ -177,3 +177,36 @@ def pytest_pyfunc_call(pyfuncitem):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# --- small trained models (tests/model_factory.py), shared by the predictor and benchmark tests -----
+
+PREDICT_TRAIN_SHAPE = (20, 48, 48)
+PREDICT_TEST_SHAPE = (30, 72, 72)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """{name: (model folder, test images folder)} for 3d_fullres, 2d and a region-based 3d_fullres."""
+    from model_factory import train_model_folder
+
+    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("predict")
+    out = {}
+    raw = root / "Dataset951_Pred"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=4, shape=PREDICT_TRAIN_SHAPE, ct=True, name="Pred"), num_processes=1)
+    test = root / "test"
+    write_synthetic_dataset(test, SyntheticConfig(num_cases=2, shape=PREDICT_TEST_SHAPE, ct=True, seed=7), num_processes=1)
+    for name, cfg in (("3d", "3d_fullres"), ("2d", "2d")):
+        model = root / "models" / f"nnUNetTrainer__nnUNetPlans__{cfg}"
+        train_model_folder(raw, root / "work", model, cfg, iterations=30)
+        out[name] = (model, test / "imagesTr")
+    raw_r = root / "Dataset952_Regions"
+    write_synthetic_dataset(raw_r, SyntheticConfig(num_cases=4, shape=PREDICT_TRAIN_SHAPE, ct=True, regions=True), num_processes=1)
+    test_r = root / "test_regions"
+    write_synthetic_dataset(test_r, SyntheticConfig(num_cases=2, shape=PREDICT_TEST_SHAPE, ct=True, regions=True, seed=7), num_processes=1)
+    model = root / "models_regions" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    train_model_folder(raw_r, root / "work_regions", model, "3d_fullres", iterations=30)
+    out["regions"] = (model, test_r / "imagesTr")
+    return out

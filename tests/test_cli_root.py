@@ -53,6 +53,32 @@ def test_plan_and_preprocess_from_the_repository_root(tmp_path):
     assert "3d_fullres: 3 cases preprocessed" in run.stdout
 
 
+def test_plan_with_preprocess_equals_plan_then_preprocess(tmp_path):
+    """`fastseg plan --preprocess` (one command, nnU-Net's plan_and_preprocess) writes what
+    `fastseg plan` followed by `fastseg preprocess` writes."""
+    import numpy as np
+
+    from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    raw = tmp_path / "Dataset004_Both"
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=3, shape=(12, 32, 32)), num_processes=1)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run = _fastseg("plan", raw, "-o", one, "-j", 2, "--preprocess")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3d_fullres: 3 cases preprocessed" in run.stdout and "preprocess" in run.stdout.splitlines()[-1]
+    for args in (("plan", raw, "-o", two, "-j", 2), ("preprocess", two, "-j", 2)):
+        run = _fastseg(*args)
+        assert run.returncode == 0, run.stdout + run.stderr
+    files = sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file()) == files
+    assert any(f.suffix == ".npy" for f in files)
+    for f in files:
+        if f.suffix == ".npy":
+            np.testing.assert_array_equal(np.load(one / f), np.load(two / f))
+        elif f.name != "source.json":
+            assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
 def test_demo_default_output_folder_is_ignored_by_git():
     if not (REPO_ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("not a git checkout")

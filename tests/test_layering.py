@@ -9,6 +9,7 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.plan, fastseg.datasets                                       planning; converters
     fastseg.preprocess                                                   reads plans
     fastseg.workflow, fastseg.predict                                    verify -> plan -> preprocess; prediction
+    fastseg.benchmark                                                    fastseg beside nnU-Net
     fastseg.commands, fastseg.cli                                        the command line
 
 Every `import` counts, also those inside functions (a lazy import is still a dependency).
@@ -37,8 +38,9 @@ RANK = {
     "fastseg.preprocess": 5,
     "fastseg.workflow": 6,
     "fastseg.predict": 6,
-    "fastseg.commands": 7,
-    "fastseg.cli": 8,
+    "fastseg.benchmark": 7,
+    "fastseg.commands": 8,
+    "fastseg.cli": 9,
 }
 
 

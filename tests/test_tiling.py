@@ -161,3 +161,61 @@ def test_gaussian_clamps_zeros_to_smallest_nonzero():
 def test_gaussian_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gaussian_importance_map(**kwargs)
+
+
+# --- the sliding window itself (fastseg.predict.sliding) ----------------------------------------------
+
+
+def _sliding_reference(net, data, patch, step, mirror_axes):
+    """A plain numpy sliding window: every tile (and its flips) through `net` one by one, float64 sums."""
+    from fastseg.predict.sliding import mirror_combinations, tile_offsets
+
+    importance = gaussian_importance_map(patch).astype(np.float64)
+    acc = np.zeros((net.out_channels, *data.shape[1:]))
+    weights = np.zeros(data.shape[1:])
+    combos = mirror_combinations(mirror_axes)
+    for a, b, c in tile_offsets(data.shape[1:], patch, step):
+        sl = (slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2]))
+        x = torch.from_numpy(np.ascontiguousarray(data[(slice(None), *sl)]))[None]
+        with torch.no_grad():
+            out = net(x)[0].double()
+            for combo in combos:
+                dims = tuple(d + 1 for d in combo)
+                out += torch.flip(net(torch.flip(x, tuple(d + 1 for d in dims)))[0].double(), dims)
+        acc[(slice(None), *sl)] += out.numpy() / (1 + len(combos)) * importance
+        weights[sl] += importance
+    return acc, weights
+
+
+@pytest.mark.parametrize("keep_on_device", [False, True], ids=["numpy-accumulator", "tensor-accumulator"])
+def test_predict_logits_equals_tile_by_tile_reference(keep_on_device):
+    """Batched tiles and mirrored copies, summed by accumulate_tiles into numpy arrays or (the path a
+    GPU takes, here with CPU tensors) torch tensors, equal a one-tile-at-a-time float64 reference;
+    both paths give the same numbers."""
+    from fastseg.predict.sliding import predict_logits
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+    data = np.random.default_rng(0).normal(size=(2, 13, 37, 30)).astype(np.float32)
+    patch = (8, 16, 16)
+    acc, weights = predict_logits([net], data, patch, 3, mirror_axes=(0, 2), batch_size=5, keep_on_device=keep_on_device)
+    assert isinstance(acc, torch.Tensor) == keep_on_device and isinstance(weights, torch.Tensor) == keep_on_device
+    ref_acc, ref_weights = _sliding_reference(net, data, patch, 0.5, (0, 2))
+    np.testing.assert_allclose(np.asarray(acc), ref_acc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), ref_weights, rtol=1e-6, atol=1e-6)
+    other = predict_logits([net], data, patch, 3, mirror_axes=(0, 2), batch_size=5, keep_on_device=not keep_on_device)
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(other[0]))
+
+
+def test_predict_logits_pads_small_images_and_cuts_the_padding():
+    from fastseg.predict.sliding import predict_logits
+
+    torch.manual_seed(1)
+    net = torch.nn.Conv3d(1, 2, 1).eval()
+    data = np.random.default_rng(1).normal(size=(1, 5, 20, 9)).astype(np.float32)
+    for keep in (False, True):
+        acc, weights = predict_logits([net], data, (8, 16, 16), 2, keep_on_device=keep)
+        assert tuple(acc.shape) == (2, 5, 20, 9) and tuple(weights.shape) == (5, 20, 9)
+        with torch.no_grad():
+            expected = net(torch.from_numpy(data)[None])[0].numpy()
+        np.testing.assert_allclose(np.asarray(acc) / np.asarray(weights), expected, rtol=1e-5, atol=1e-6)

@@ -49,7 +49,7 @@ struct Mt19937 {
 
   static uint32_t mix(uint32_t a, uint32_t b, uint32_t shifted) {
     const uint32_t y = (a & kUpper) | (b & kLower);
-    return shifted ^ (y >> 1) ^ ((y & 1U) ? kMatrixA : 0U);
+    return shifted ^ (y >> 1) ^ (kMatrixA & (0U - (y & 1U)));  // branch-free: y is odd half the time
   }
 
   uint32_t tempered[kStateWords];  // the outputs of the current block, tempered all at once

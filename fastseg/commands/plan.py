@@ -33,6 +33,8 @@ def reports_errors(run):
 
 #: What the workers of `plan` (verification with fingerprinting, `fastseg.workflow`) import.
 WORKER_MODULES = ("fastseg.io.verify", "fastseg.io.sitk_format", "SimpleITK", "fastseg.plan.fingerprint")
+#: What the workers of `preprocess` import (`fastseg.preprocess.runner`).
+PREPROCESS_WORKER_MODULES = ("fastseg.preprocess.worker", "fastseg.io")
 
 
 @reports_errors
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.runtime.workers import default_num_workers, start_fork_server
 
     if (args.num_processes or default_num_workers()) > 1:
-        start_fork_server(WORKER_MODULES)  # starts while the planner is imported
+        # Starts while the planner is imported; with --preprocess it serves both stages.
+        start_fork_server(WORKER_MODULES + (PREPROCESS_WORKER_MODULES if args.preprocess else ()))
     from fastseg.plan.planner import PlannerOptions
     from fastseg.plan.plans import format_summary
     from fastseg.workflow import plan_dataset
@@ -55,8 +58,23 @@ def run(args: argparse.Namespace) -> int:
         env=dict(os.environ),
     )
     print(format_summary(result.plans))
+    if not args.preprocess:
+        print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+        print(f"wrote {result.work_dir / 'plans.json'}; next: fastseg preprocess {result.work_dir}")
+        return 0
+    import time
+
+    from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
+
+    print(f"wrote {result.work_dir / 'plans.json'}")
+    t = time.perf_counter()
+    reports = preprocess_dataset(
+        result.work_dir, args.raw_dataset_dir, PreprocessOptions(num_processes=args.num_processes), env=dict(os.environ)
+    )
+    result.seconds["preprocess"] = time.perf_counter() - t
+    for report in reports:
+        print(f"{report.configuration}: {len(report.processed)} cases preprocessed, {len(report.skipped)} already done -> {report.folder}")
     print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
-    print(f"wrote {result.work_dir / 'plans.json'}; next: fastseg preprocess {result.work_dir}")
     return 0
 
 
@@ -97,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "Examples:\n"
             "  fastseg plan /data/nnUNet_raw/Dataset001_Heart -o work/Dataset001_Heart\n"
+            "  fastseg plan /data/nnUNet_raw/Dataset001_Heart -o work/Dataset001_Heart --preprocess\n"
             "  fastseg plan /data/Dataset002_Liver -o work/liver --planner resenc-l -j 8\n"
             "  fastseg plan /data/Dataset002_Liver -o work/liver --gpu-memory-gb 12"
         ),
@@ -119,4 +138,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-j", "--num-processes", type=positive_int, default=None, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--no-verify", action="store_true", help="skip dataset verification (not recommended)")
+    p.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="then preprocess the default configurations into WORK_DIR, as `fastseg preprocess WORK_DIR` does "
+        "(nnU-Net's plan_and_preprocess in one command, one set of worker processes for both)",
+    )
     p.set_defaults(func=run)

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             step_size=args.step_size,
             tta=not args.no_tta,
             batch_size=args.batch_size,
+            threads=args.threads,
             postprocessing=args.postprocessing,
         )
     except ModelFolderError as err:
@@ -113,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tta", action="store_true", help="turn mirror test-time augmentation off (faster, slightly less accurate)")
     p.add_argument("--step-size", type=_step, default=0.5, metavar="S", help="sliding-window step as a fraction of the patch (default: 0.5)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="network inputs per forward pass (default: 2 tiles with their mirrored copies)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for the network and the native kernels (default: all cores)")
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
     p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
     p.add_argument("--continue", dest="continue_", action="store_true", help="skip cases whose output exists")

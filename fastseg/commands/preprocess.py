@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from fastseg.commands.plan import positive_gb, positive_int, reports_errors
+from fastseg.commands.plan import PREPROCESS_WORKER_MODULES, positive_gb, positive_int, reports_errors
 
 
 @reports_errors
@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.num_processes or default_num_workers()) > 1:
         # fastseg.preprocess.runner's workers; the server starts while the runner is imported.
-        start_fork_server(("fastseg.preprocess.worker", "fastseg.io"))
+        start_fork_server(PREPROCESS_WORKER_MODULES)
     from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
 
     options = PreprocessOptions(

@@ -25,6 +25,13 @@ from fastseg.predict.model import ModelFolder
 _RESAMPLING_KEYS = ("order", "order_z", "force_separate_z", "separate_z_anisotropy_threshold")
 
 
+def _host(x: Any) -> Any:
+    """A numpy array of `x` (a numpy array, or a torch tensor on any device); None stays None."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
+
+
 def export_case(
     accumulator: np.ndarray,
     weights: np.ndarray,
@@ -35,7 +42,8 @@ def export_case(
     """Labels (and optionally probabilities) of one case on its original grid.
 
     Args:
-        accumulator, weights: from `fastseg.predict.sliding.predict_logits`.
+        accumulator, weights: from `fastseg.predict.sliding.predict_logits` (numpy arrays, or torch
+            tensors on the device that predicted them: the export then runs there too).
         properties: the case's preprocessing properties (spacing, shape_before_cropping,
             bbox_used_for_cropping, shape_after_cropping_and_before_resampling).
         model: the model folder (plans, configuration, labels).
@@ -64,6 +72,7 @@ def export_case(
         **kwargs,
     )
     labels, probabilities = result if return_probabilities else (result, None)
+    labels, probabilities = _host(labels), _host(probabilities)
 
     box = tuple(slice(int(a), int(b)) for a, b in properties["bbox_used_for_cropping"])
     shape_before = tuple(int(s) for s in properties["shape_before_cropping"])

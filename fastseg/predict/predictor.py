@@ -54,7 +54,10 @@ class PredictionReport:
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's threads and this thread's native kernel threads set to `n` for the block (None: unchanged)."""
     import torch
+
+    from fastseg.threads import num_threads
 
     if n is None:
         yield
@@ -62,7 +65,8 @@ def _torch_threads(n: int | None) -> Iterator[None]:
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with num_threads(n):
+            yield
     finally:
         torch.set_num_threads(old)
 
@@ -140,7 +144,8 @@ class Predictor:
             tta: mirror test-time augmentation over the checkpoint's allowed axes (default True).
             batch_size: network inputs per forward pass (default: two tiles with their mirrored copies,
                 at most 16).
-            threads: torch CPU threads while predicting (default: torch's setting).
+            threads: CPU threads of the network (torch) and of the native kernels in every stage
+                (default: torch's and OpenMP's settings, all cores).
             postprocessing: nnU-Net's postprocessing.pkl or fastseg's .json, applied to every label map.
         """
         from fastseg.predict.postprocess import load_postprocessing
@@ -271,6 +276,7 @@ class Predictor:
             logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
 
         def read() -> None:
+            self._pin_kernel_threads()
             for case, out in todo:
                 if stop.is_set():
                     break
@@ -288,6 +294,7 @@ class Predictor:
             loaded.put(None)
 
         def write() -> None:
+            self._pin_kernel_threads()
             while True:
                 item = predicted.get()
                 if item is None:
@@ -340,6 +347,13 @@ class Predictor:
         report.failed = failed_first
         report.seconds["total"] = time.perf_counter() - start
         return report
+
+    def _pin_kernel_threads(self) -> None:
+        """Gives the native kernels called from this thread `threads` OpenMP threads (when set)."""
+        if self.threads is not None:
+            from fastseg.threads import set_num_threads
+
+            set_num_threads(self.threads)
 
     def _write(self, out: Path, acc, weights, props, save_probabilities: bool) -> None:
         from fastseg import io as fio

@@ -12,18 +12,23 @@ nnU-Net's rule, tile for tile:
 
 What differs from nnU-Net's predictor, for speed: tiles and their mirrored copies go through the
 network together, `batch_size` inputs per forward pass (nnU-Net: one tile per pass), and the sums
-are float32 (nnU-Net: float16), added by the native `fastseg.ops.accumulate_tiles`.
+are float32 (nnU-Net: float16), added by `fastseg.ops.accumulate_tiles` -- the native CPU kernel,
+or on a GPU the CUDA kernel, with the image, the accumulator and the weights kept on the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from fastseg.ops import accumulate_tiles, gaussian_importance_map, sliding_window_offsets
+
+logger = logging.getLogger(__name__)
 
 
 def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -64,6 +69,24 @@ def tile_offsets(image_size: Sequence[int], patch_size: Sequence[int], step_size
     return np.column_stack([slices, np.tile(in_plane, (image_size[0], 1))])
 
 
+def _device_buffers(num_outputs: int, spatial: tuple, device: Any) -> tuple[Any, Any] | None:
+    """Zeroed float32 accumulator and weights on `device`, or None when they do not fit there."""
+    import torch
+
+    try:
+        return (
+            torch.zeros((num_outputs, *spatial), dtype=torch.float32, device=device),
+            torch.zeros(spatial, dtype=torch.float32, device=device),
+        )
+    except torch.cuda.OutOfMemoryError:
+        gib = 4 * (num_outputs + 1) * int(np.prod(spatial)) / 2**30
+        logger.warning(
+            "the accumulator (%.1f GiB for %d outputs x %s) does not fit in %s memory: accumulating in host memory",
+            gib, num_outputs, spatial, device,
+        )
+        return None
+
+
 def predict_logits(
     networks: Sequence[Callable],
     data: np.ndarray,
@@ -75,7 +98,9 @@ def predict_logits(
     batch_size: int = 4,
     device: Any = "cpu",
     on_tiles: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    keep_on_device: bool | None = None,
+    autocast_dtype: Any = None,
+) -> tuple[Any, Any]:
     """Runs the sliding window over one preprocessed image.
 
     Args:
@@ -90,10 +115,17 @@ def predict_logits(
         batch_size: network inputs per forward pass (tiles times mirrored copies), >= 1.
         device: where the networks run.
         on_tiles: called with the number of tiles after each forward pass (progress).
+        keep_on_device: keep the image, the accumulator and the weights on `device` as torch tensors
+            (the tiles never leave it; `fastseg.ops.accumulate_tiles` runs there); falls back to host
+            memory, with a warning, when the accumulator does not fit. None (default): on devices
+            other than the CPU. On the CPU, True gives CPU tensors instead of numpy arrays.
+        autocast_dtype: run the networks under `torch.autocast` with this dtype (e.g.
+            torch.bfloat16); None (default): in their own dtype. The sums stay float32.
 
     Returns:
-        (accumulator float32 (num_outputs, *spatial), weights float32 (*spatial)): the logits are
-        accumulator / weights (`fastseg.ops.export_segmentation` divides them on the fly).
+        (accumulator float32 (num_outputs, *spatial), weights float32 (*spatial)): numpy arrays, or
+        torch tensors on `device` when kept there. The logits are accumulator / weights
+        (`fastseg.ops.export_segmentation` divides them on the fly).
     """
     import torch
 
@@ -103,23 +135,36 @@ def predict_logits(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if data.ndim != 4:
         raise ValueError(f"data must be (C, z, y, x), got shape {data.shape}")
+    device = torch.device(device)
     patch = tuple(int(p) for p in patch_size)
     two_d = len(patch) == 2
     padded, cut = pad_to_patch(np.ascontiguousarray(data, dtype=np.float32), patch)
-    spatial = padded.shape[1:]
+    spatial = tuple(padded.shape[1:])
     offsets = tile_offsets(spatial, patch, step_size)
     importance = gaussian_importance_map(patch)
     if two_d:
         importance = importance[None]
-    accumulator = np.zeros((num_outputs, *spatial), dtype=np.float32)
-    weights = np.zeros(spatial, dtype=np.float32)
+
+    buffers = None
+    if keep_on_device if keep_on_device is not None else device.type != "cpu":
+        buffers = _device_buffers(num_outputs, spatial, device)
+    if buffers is not None:
+        accumulator, weights = buffers
+        importance = torch.from_numpy(importance).to(device)
+        source = torch.from_numpy(padded).to(device)  # tiles are cut on the device
+    else:
+        accumulator = np.zeros((num_outputs, *spatial), dtype=np.float32)
+        weights = np.zeros(spatial, dtype=np.float32)
+        source = torch.from_numpy(padded)
 
     combos = mirror_combinations(mirror_axes)
     copies = 1 + len(combos)
     scale = 1.0 / (copies * len(networks))
     tiles_per_pass = max(1, batch_size // copies)
-    source = torch.from_numpy(padded)
-    with torch.inference_mode():
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
         for start in range(0, len(offsets), tiles_per_pass):
             batch = offsets[start : start + tiles_per_pass]
             if two_d:
@@ -133,19 +178,24 @@ def predict_logits(
             inputs = torch.cat([x] + [torch.flip(x, d) for d in dims]) if dims else x
             total = None
             for net in networks:
-                out = torch.cat([net(part) for part in inputs.split(batch_size)])
+                out = torch.cat([net(part) for part in inputs.split(batch_size)]).float()
                 n = len(batch)
                 summed = out[:n].clone()
                 for i, d in enumerate(dims, start=1):
                     summed += torch.flip(out[i * n : (i + 1) * n], d)
                 total = summed if total is None else total + summed
-            total = (total * scale).float()
+            total = total * scale
             if two_d:
                 total = total[:, :, None]
-            accumulate_tiles(accumulator, total.cpu().numpy(), batch, weights=weights, importance_map=importance)
+            tiles = total if buffers is not None else total.cpu()
+            accumulate_tiles(accumulator, tiles, batch, weights=weights, importance_map=importance)
             if on_tiles is not None:
                 on_tiles(len(batch))
     if any(s != slice(None) for s in cut):
-        accumulator = np.ascontiguousarray(accumulator[(slice(None), *cut)])
-        weights = np.ascontiguousarray(weights[cut])
+        if buffers is not None:
+            accumulator = accumulator[(slice(None), *cut)].contiguous()
+            weights = weights[cut].contiguous()
+        else:
+            accumulator = np.ascontiguousarray(accumulator[(slice(None), *cut)])
+            weights = np.ascontiguousarray(weights[cut])
     return accumulator, weights
