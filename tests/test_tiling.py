@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnunetv2.inference import sliding_window_prediction as swp
@@ -219,3 +220,19 @@ def test_predict_logits_pads_small_images_and_cuts_the_padding():
         with torch.no_grad():
             expected = net(torch.from_numpy(data)[None])[0].numpy()
         np.testing.assert_allclose(np.asarray(acc) / np.asarray(weights), expected, rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_predict_logits_on_cuda_keeps_everything_on_the_device_and_equals_cpu():
+    """On a GPU the accumulator and weights stay there (CUDA accumulate_tiles) and equal the CPU's."""
+    from fastseg.predict.sliding import predict_logits
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+    data = np.random.default_rng(0).normal(size=(2, 13, 37, 30)).astype(np.float32)
+    cpu_acc, cpu_w = predict_logits([net], data, (8, 16, 16), 3, mirror_axes=(0, 1, 2), batch_size=8)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        acc, weights = predict_logits([net.cuda()], data, (8, 16, 16), 3, mirror_axes=(0, 1, 2), batch_size=8, device="cuda")
+    assert acc.device.type == "cuda" and weights.device.type == "cuda"
+    np.testing.assert_allclose(acc.cpu().numpy(), cpu_acc, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(weights.cpu().numpy(), cpu_w, rtol=1e-6, atol=1e-6)

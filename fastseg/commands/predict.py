@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs (default: cpu)")
     p.add_argument("--no-tta", action="store_true", help="turn mirror test-time augmentation off (faster, slightly less accurate)")
     p.add_argument("--step-size", type=_step, default=0.5, metavar="S", help="sliding-window step as a fraction of the patch (default: 0.5)")
-    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="network inputs per forward pass (default: 2 tiles with their mirrored copies)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="network inputs per forward pass (default: chosen from the free memory, whole tiles with their mirrored copies)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for the network and the native kernels (default: all cores)")
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")

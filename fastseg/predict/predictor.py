@@ -112,12 +112,12 @@ class Predictor:
         self.step_size = step_size
         self.mirror_axes = model.mirror_axes if tta else ()
         copies = 1 + len(mirror_combinations(self.mirror_axes))
-        self.batch_size = batch_size or min(16, 2 * copies)
         self.threads = threads
         self.postprocessing = list(postprocessing)
         self.case_plan = CasePlan.from_plans(model.plans, model.configuration, model.dataset_json)
         self.patch_size = tuple(int(p) for p in model.config["patch_size"])
         self.networks = load_networks(model, self.device)
+        self.batch_size = batch_size or self._default_batch_size(copies)
 
     @classmethod
     def from_model_folder(
@@ -142,8 +142,8 @@ class Predictor:
             checkpoint: "final" (default), "best", or a checkpoint file.
             step_size: sliding-window step as a fraction of the patch size (default 0.5).
             tta: mirror test-time augmentation over the checkpoint's allowed axes (default True).
-            batch_size: network inputs per forward pass (default: two tiles with their mirrored copies,
-                at most 16).
+            batch_size: network inputs per forward pass (default: chosen from the free memory where
+                the network runs, whole tiles with their mirrored copies; `fastseg.predict.batching`).
             threads: CPU threads of the network (torch) and of the native kernels in every stage
                 (default: torch's and OpenMP's settings, all cores).
             postprocessing: nnU-Net's postprocessing.pkl or fastseg's .json, applied to every label map.
@@ -155,6 +155,16 @@ class Predictor:
         return cls(
             model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads, postprocessing=steps
         )
+
+    def _default_batch_size(self, copies: int) -> int:
+        """`fastseg.predict.batching`'s choice for this device and its free memory."""
+        from fastseg.predict import batching
+        from fastseg.runtime.workers import available_memory
+
+        channels = self.model.num_input_channels
+        if self.device.type == "cuda":
+            return batching.cuda_batch_size(self.networks[0], self.patch_size, channels, copies, self.device)
+        return batching.cpu_batch_size(self.model.config, channels, copies, available_memory())
 
     # --- stages ---------------------------------------------------------------------------------
 

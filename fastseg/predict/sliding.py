@@ -69,20 +69,22 @@ def tile_offsets(image_size: Sequence[int], patch_size: Sequence[int], step_size
     return np.column_stack([slices, np.tile(in_plane, (image_size[0], 1))])
 
 
-def _device_buffers(num_outputs: int, spatial: tuple, device: Any) -> tuple[Any, Any] | None:
-    """Zeroed float32 accumulator and weights on `device`, or None when they do not fit there."""
+def _device_buffers(image: np.ndarray, num_outputs: int, device: Any) -> tuple[Any, Any, Any] | None:
+    """(image, zeroed float32 accumulator, zeroed weights) on `device`, or None when they do not fit there."""
     import torch
 
+    spatial = image.shape[1:]
     try:
         return (
+            torch.from_numpy(image).to(device),
             torch.zeros((num_outputs, *spatial), dtype=torch.float32, device=device),
             torch.zeros(spatial, dtype=torch.float32, device=device),
         )
     except torch.cuda.OutOfMemoryError:
-        gib = 4 * (num_outputs + 1) * int(np.prod(spatial)) / 2**30
+        gib = 4 * (num_outputs + 1 + image.shape[0]) * int(np.prod(spatial)) / 2**30
         logger.warning(
-            "the accumulator (%.1f GiB for %d outputs x %s) does not fit in %s memory: accumulating in host memory",
-            gib, num_outputs, spatial, device,
+            "the image and its accumulator (%.1f GiB for %d outputs x %s) do not fit in %s memory: "
+            "accumulating in host memory", gib, num_outputs, tuple(spatial), device,
         )
         return None
 
@@ -147,11 +149,10 @@ def predict_logits(
 
     buffers = None
     if keep_on_device if keep_on_device is not None else device.type != "cpu":
-        buffers = _device_buffers(num_outputs, spatial, device)
+        buffers = _device_buffers(padded, num_outputs, device)
     if buffers is not None:
-        accumulator, weights = buffers
+        source, accumulator, weights = buffers  # tiles are cut on the device
         importance = torch.from_numpy(importance).to(device)
-        source = torch.from_numpy(padded).to(device)  # tiles are cut on the device
     else:
         accumulator = np.zeros((num_outputs, *spatial), dtype=np.float32)
         weights = np.zeros(spatial, dtype=np.float32)
