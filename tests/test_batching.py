@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastseg.predict.batching import cpu_batch_size, estimated_activation_bytes
+from fastseg.predict.batching import CPU_BATCH_BYTES, cpu_batch_size, estimated_activation_bytes
 from fastseg.predict.model import ModelFolder, build_network
 
 CONFIG = {
@@ -50,22 +50,38 @@ def test_activation_estimate_covers_the_encoder_outputs_kept_for_the_skips():
     assert sum(sizes) <= estimate <= 8 * sum(sizes)
 
 
-@pytest.mark.parametrize(
-    "copies,available_gib,expected",
-    [
-        pytest.param(8, 64, 16, id="tta-3-axes-plenty-of-memory"),
-        pytest.param(4, 64, 8, id="tta-2-axes"),
-        pytest.param(1, 64, 2, id="no-tta"),
-    ],
-)
-def test_cpu_batch_is_two_tiles_with_their_copies(copies, available_gib, expected):
-    assert cpu_batch_size(CONFIG, 1, copies, available_gib << 30) == expected
+def _config(patch, features):
+    import copy
+
+    cfg = copy.deepcopy(CONFIG)
+    cfg["patch_size"] = list(patch)
+    n = len(features)
+    arch = cfg["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = list(features)
+    arch["strides"] = [[1] * len(patch)] + [[2] * len(patch)] * (n - 1)
+    return cfg
+
+
+def test_cpu_batch_is_one_input_when_activations_are_large():
+    big = _config((80, 160, 160), (8, 16, 32, 64, 80, 80))  # a 3d_fullres network, features / 4
+    assert estimated_activation_bytes(big, 1) > CPU_BATCH_BYTES
+    for copies in (1, 4, 8):
+        assert cpu_batch_size(big, 1, copies, 64 << 30) == 1
+
+
+@pytest.mark.parametrize("copies", [1, 4, 8])
+def test_cpu_batch_takes_whole_tiles_up_to_16_when_activations_are_small(copies):
+    small = _config((64, 64), (8, 16, 32))
+    per_input = estimated_activation_bytes(small, 1)
+    assert 16 * per_input <= CPU_BATCH_BYTES
+    assert cpu_batch_size(small, 1, copies, 64 << 30) == 16
 
 
 def test_cpu_batch_shrinks_to_the_memory_in_whole_tiles():
-    per_input = estimated_activation_bytes(CONFIG, 1)
+    small = _config((64, 64), (8, 16, 32))
+    per_input = estimated_activation_bytes(small, 1)
     # A quarter of the memory holds 9 inputs: one tile with its 8 copies.
-    assert cpu_batch_size(CONFIG, 1, 8, 4 * 9 * per_input) == 8
-    # Not even one tile's copies fit: still one input at a time, never zero.
-    assert cpu_batch_size(CONFIG, 1, 8, 4 * 3 * per_input) == 3
-    assert cpu_batch_size(CONFIG, 1, 8, 10) == 1
+    assert cpu_batch_size(small, 1, 8, 4 * 9 * per_input) == 8
+    # Not even one tile's copies fit: fewer inputs per pass, never zero.
+    assert cpu_batch_size(small, 1, 8, 4 * 3 * per_input) == 3
+    assert cpu_batch_size(small, 1, 8, 10) == 1

@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.predict.predictor import Predictor
 
     folds = None if args.folds == ["auto"] else args.folds
+    if args.device == "cpu":
+        from fastseg.runtime.heap import retain_freed_memory
+
+        retain_freed_memory()  # the forward passes reuse their buffers instead of mapping them anew
     try:
         predictor = Predictor.from_model_folder(
             args.model,

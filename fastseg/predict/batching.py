@@ -8,9 +8,11 @@ memory that is free where the network runs:
   the batch takes at most half of the free device memory at that rate, and at most 32 inputs.
 - CPU: the activations of one input are estimated from the plans (feature maps of every encoder
   stage, kept for the skip connections, plus the decoder's and the layer in flight: three times
-  their sum, float32); the batch takes at most a quarter of the available memory, and at most two
-  tiles with their copies (16 inputs): on the CPU a larger batch is not faster (measured in
-  benchmarks/README.md), only larger.
+  their sum, float32), and the batch holds at most `CPU_BATCH_BYTES` of them (and at most a
+  quarter of the available memory, and 16 inputs). On the CPU a batch only helps while its
+  activations stay small: a 2d network's 192x192 tiles run 1.7x faster per input in batches of 8
+  than one by one, a 3D network's 80x160x160 tiles run slower in any batch larger than one
+  (measured in benchmarks/README.md), so 3D configurations get one input per pass.
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ def _round_to_copies(n: int, copies: int) -> int:
     return max(1, n // copies * copies) if n >= copies else max(1, n)
 
 
+#: Activation bytes a CPU batch may hold (see the module's docstring).
+CPU_BATCH_BYTES = 64 << 20
+
+
 def cpu_batch_size(config: Mapping[str, Any], input_channels: int, copies: int, available_bytes: int) -> int:
-    """The CPU default: two tiles with their copies (at most 16), fewer when memory is short."""
+    """The CPU default: as many inputs as `CPU_BATCH_BYTES` of activations hold (whole tiles with
+    their copies when one tile's fit), at most 16, fewer when memory is short."""
     per_input = max(1, estimated_activation_bytes(config, input_channels))
-    fits = max(1, int(available_bytes // 4 // per_input))
-    return _round_to_copies(min(16, 2 * copies, fits), copies)
+    fits = min(CPU_BATCH_BYTES, available_bytes // 4) // per_input
+    return _round_to_copies(max(1, min(16, int(fits))), copies)
 
 
 def cuda_batch_size(network: Any, patch_size: Sequence[int], input_channels: int, copies: int, device: Any) -> int:
