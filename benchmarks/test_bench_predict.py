@@ -69,6 +69,9 @@ def _write_volume(folder: Path, name: str, shape, spacing, ct: bool, seed: int) 
 def setups(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     from fastseg.datasets.synthetic import SyntheticConfig, write_synthetic_dataset
 
+    from fastseg.runtime.heap import retain_freed_memory
+
+    retain_freed_memory()  # faster training of the models (this process only)
     root = tmp_path_factory.mktemp("bench_predict")
     raw = root / "Dataset961_PredBench"
     write_synthetic_dataset(raw, SyntheticConfig(num_cases=6, ct=True, shape=(80, 192, 192), name="PredBench"), num_processes=2)

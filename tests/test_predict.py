@@ -227,6 +227,17 @@ def test_cuda_predictor_keeps_the_case_on_the_device_and_agrees_with_cpu(models,
     np.testing.assert_allclose(probs, cpu_probs, atol=1e-3)
 
 
+def test_compiled_network_predicts_the_same(models):
+    """--compile (torch.compile) changes the speed, not the labels."""
+    from fastseg import io as fio
+
+    model, images = models["2d"]
+    data, props = fio.read_images([sorted(images.glob("*.nii.gz"))[0]])
+    eager = Predictor.from_model_folder(model, tta=False).predict_array(data, props)
+    compiled = Predictor.from_model_folder(model, tta=False, compile=True).predict_array(data, props)
+    assert (compiled == eager).mean() >= 0.9999
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 

@@ -100,6 +100,7 @@ class Predictor:
         batch_size: int | None = None,
         threads: int | None = None,
         postprocessing: Sequence[dict] = (),
+        compile: bool = False,
     ) -> None:
         import torch
 
@@ -118,6 +119,8 @@ class Predictor:
         self.patch_size = tuple(int(p) for p in model.config["patch_size"])
         self.networks = load_networks(model, self.device)
         self.batch_size = batch_size or self._default_batch_size(copies)
+        if compile:  # compiled at the first forward pass (tens of seconds), faster after that
+            self.networks = [torch.compile(net) for net in self.networks]
 
     @classmethod
     def from_model_folder(
@@ -132,6 +135,7 @@ class Predictor:
         batch_size: int | None = None,
         threads: int | None = None,
         postprocessing: str | Path | None = None,
+        compile: bool = False,
     ) -> Predictor:
         """Loads an nnU-Net v2 or fastseg model folder.
 
@@ -147,13 +151,17 @@ class Predictor:
             threads: CPU threads of the network (torch) and of the native kernels in every stage
                 (default: torch's and OpenMP's settings, all cores).
             postprocessing: nnU-Net's postprocessing.pkl or fastseg's .json, applied to every label map.
+            compile: `torch.compile` the networks (default False): the first forward pass compiles
+                (about half a minute on a 2-core CPU), later ones run about 13 % faster there; pays
+                off over many tiles or cases.
         """
         from fastseg.predict.postprocess import load_postprocessing
 
         steps = load_postprocessing(postprocessing) if postprocessing is not None else ()
         model = load_model_folder(path, folds, checkpoint)
         return cls(
-            model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads, postprocessing=steps
+            model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads,
+            postprocessing=steps, compile=compile,
         )
 
     def _default_batch_size(self, copies: int) -> int:

@@ -89,6 +89,27 @@ def _device_buffers(image: np.ndarray, num_outputs: int, device: Any) -> tuple[A
         return None
 
 
+def _mirrored_sum(networks: Sequence[Callable], x: Any, dims: Sequence[tuple[int, ...]], batch_size: int) -> Any:
+    """Sum over the networks and over `x` and its flips along each of `dims` (flipped back) of the
+    network outputs, float32. The inputs go through the networks `batch_size` at a time, and each
+    pass's outputs are added as soon as they come, so no more than one pass of outputs is held."""
+    import torch
+
+    n = len(x)
+    jobs = [(None, i) for i in range(n)] + [(d, i) for d in dims for i in range(n)]  # (flip, tile)
+    total = None
+    for net in networks:
+        for start in range(0, len(jobs), batch_size):
+            part = jobs[start : start + batch_size]
+            inputs = torch.stack([x[i] if d is None else torch.flip(x[i], [a - 1 for a in d]) for d, i in part])
+            out = net(inputs).float()
+            if total is None:
+                total = torch.zeros((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
+            for (d, i), o in zip(part, out):
+                total[i] += o if d is None else torch.flip(o, [a - 1 for a in d])
+    return total
+
+
 def predict_logits(
     networks: Sequence[Callable],
     data: np.ndarray,
@@ -175,16 +196,7 @@ def predict_logits(
                     [source[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in batch]
                 )
             x = x.to(device, non_blocking=True)
-            dims = [tuple(a + 2 for a in combo) for combo in combos]
-            inputs = torch.cat([x] + [torch.flip(x, d) for d in dims]) if dims else x
-            total = None
-            for net in networks:
-                out = torch.cat([net(part) for part in inputs.split(batch_size)]).float()
-                n = len(batch)
-                summed = out[:n].clone()
-                for i, d in enumerate(dims, start=1):
-                    summed += torch.flip(out[i * n : (i + 1) * n], d)
-                total = summed if total is None else total + summed
+            total = _mirrored_sum(networks, x, [tuple(a + 2 for a in combo) for combo in combos], batch_size)
             total = total * scale
             if two_d:
                 total = total[:, :, None]
