@@ -18,7 +18,6 @@ or on a GPU the CUDA kernel, with the image, the accumulator and the weights kep
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -122,7 +121,6 @@ def predict_logits(
     device: Any = "cpu",
     on_tiles: Callable[[int], None] | None = None,
     keep_on_device: bool | None = None,
-    autocast_dtype: Any = None,
 ) -> tuple[Any, Any]:
     """Runs the sliding window over one preprocessed image.
 
@@ -142,8 +140,6 @@ def predict_logits(
             (the tiles never leave it; `fastseg.ops.accumulate_tiles` runs there); falls back to host
             memory, with a warning, when the accumulator does not fit. None (default): on devices
             other than the CPU. On the CPU, True gives CPU tensors instead of numpy arrays.
-        autocast_dtype: run the networks under `torch.autocast` with this dtype (e.g.
-            torch.bfloat16); None (default): in their own dtype. The sums stay float32.
 
     Returns:
         (accumulator float32 (num_outputs, *spatial), weights float32 (*spatial)): numpy arrays, or
@@ -183,10 +179,7 @@ def predict_logits(
     copies = 1 + len(combos)
     scale = 1.0 / (copies * len(networks))
     tiles_per_pass = max(1, batch_size // copies)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode():
         for start in range(0, len(offsets), tiles_per_pass):
             batch = offsets[start : start + tiles_per_pass]
             if two_d:
