@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     s = report.seconds
     print(
         f"{len(report.written)} written, {len(report.skipped)} already there, {len(report.failed) + len(problems)} failed; "
-        f"time: read+preprocess {s['read']:.1f} s, network {s['network']:.1f} s, export+write {s['write']:.1f} s, "
-        f"total {s['total']:.1f} s"
+        f"time: read+preprocess {s['read']:.2f} s, network {s['network']:.2f} s, export+write {s['write']:.2f} s, "
+        f"total {s['total']:.2f} s"
     )
     for identifier, error in report.failed.items():
         print(f"error: case {identifier}: {error}", file=sys.stderr)
