@@ -14,7 +14,7 @@ import sys
 import fastseg
 
 #: Subcommand modules under fastseg.commands, in the order `fastseg --help` lists them.
-COMMANDS = ("info", "verify", "convert", "plan", "preprocess", "predict", "benchmark", "demo")
+COMMANDS = ("info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "benchmark", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

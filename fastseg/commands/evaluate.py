@@ -1,0 +1,62 @@
+"""`fastseg evaluate`: score predicted segmentations against references (nnU-Net's summary.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fastseg.commands.plan import positive_int, reports_errors
+
+
+def _dataset_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"--dataset-json {path} not found; give the dataset's dataset.json")
+    try:
+        content = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
+        raise ValueError(f"{path} has no 'labels' object; is it a dataset.json?")
+    return content
+
+
+@reports_errors
+def run(args: argparse.Namespace) -> int:
+    from fastseg.evaluate import evaluate_folders, format_table
+
+    dataset_json = _dataset_json(Path(args.dataset_json))
+    output = Path(args.output) if args.output else Path(args.pred_dir) / "summary.json"
+    summary = evaluate_folders(args.pred_dir, args.ref_dir, dataset_json, output=output, num_processes=args.num_processes)
+    names = {}
+    for name, value in dataset_json["labels"].items():
+        names[tuple(value) if isinstance(value, list) else value] = name
+    print(format_table(summary, names))
+    print(f"wrote {output}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted segmentations against references (Dice, IoU, ...; nnU-Net's summary.json)",
+        description=(
+            "Scores every segmentation in PRED_DIR against the file of the same name in REF_DIR with nnU-Net's "
+            "metrics: per case and per label (per region for region-based datasets) Dice, IoU, TP, FP, FN, TN, "
+            "n_pred, n_ref, with the ignore label left out; their means over cases and the foreground mean. Writes "
+            "summary.json in nnU-Net's layout (its tools read it). A case on one side only, or a pair whose shapes "
+            "or spacings differ, is an error naming the files; nothing is written then."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json raw/Dataset001_Heart/dataset.json\n"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json -o results/summary.json -j 4"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted segmentations")
+    p.add_argument("ref_dir", metavar="REF_DIR", help="folder of reference segmentations (the same file names)")
+    p.add_argument("--dataset-json", required=True, metavar="FILE", help="the dataset's dataset.json (labels, regions, ignore label)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="summary file (default: PRED_DIR/summary.json)")
+    p.add_argument("-j", "--num-processes", type=positive_int, default=None, metavar="N", help="worker processes (default: all cores)")
+    p.set_defaults(func=run)

@@ -1,0 +1,166 @@
+"""Scoring a folder of predictions against a folder of references: nnU-Net's `summary.json`.
+
+Cases are matched by file name (the dataset's file ending). A case on only one side, or an empty
+folder, is an error that names the files, never a case silently dropped; so is a pair whose shapes
+or spacings differ. Labels (or regions, for region-based datasets) and the ignore label come from
+dataset.json, as nnU-Net's `compute_metrics_on_folder2` takes them. Cases are scored in worker
+processes (`fastseg.runtime.workers`), each read once and counted in one pass
+(`fastseg.evaluate.metrics`).
+
+`summary.json` has nnU-Net's layout: `metric_per_case` (reference_file, prediction_file, metrics
+per label or region), `mean` (per label or region: the mean over cases, NaN cases left out) and
+`foreground_mean` (the mean over labels or regions of `mean`, label 0 left out); keys are
+`str(label)` or `str(region tuple)`, sorted, as nnU-Net writes them, so its `load_summary_json`
+reads the file. Written atomically: on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastseg.evaluate.metrics import METRICS, LabelOrRegion, confusion_matrix, metrics_from_confusion
+
+_SPACING_TOLERANCE = 1e-4  # relative; spacings that differ by more are different grids
+
+
+def labels_to_score(dataset_json: Mapping[str, Any]) -> tuple[list[LabelOrRegion], int | None]:
+    """(foreground labels, or regions for region-based datasets; the ignore label) of a dataset.json."""
+    from fastseg.io.labels import LabelSpec
+
+    spec = LabelSpec.from_json(dataset_json.get("labels", {}), dataset_json.get("regions_class_order"))
+    if spec.problems:
+        raise ValueError(f"dataset.json: {'; '.join(spec.problems)}")
+    return (list(spec.regions) if spec.has_regions else list(spec.foreground_labels)), spec.ignore_label
+
+
+def score_case(job: tuple[str, str, list, int | None, int]) -> dict:
+    """One case's entry of `metric_per_case` (a worker's job: reference, prediction, labels or
+    regions, ignore label, confusion matrix size)."""
+    from fastseg import io as fio
+
+    reference, prediction, labels_or_regions, ignore_label, size = job
+    ref, ref_props = fio.read_seg(Path(reference))
+    pred, pred_props = fio.read_seg(Path(prediction))
+    if ref.shape != pred.shape:
+        raise ValueError(f"{prediction} has shape {pred.shape[1:]} but its reference {reference} has {ref.shape[1:]}")
+    a, b = np.asarray(ref_props["spacing"], float), np.asarray(pred_props["spacing"], float)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=_SPACING_TOLERANCE, atol=0):
+        raise ValueError(f"{prediction} has spacing {b.tolist()} but its reference {reference} has {a.tolist()}")
+    try:
+        counts = confusion_matrix(ref, pred, size)
+    except ValueError as err:
+        raise ValueError(f"{prediction} / {reference}: {err}; are these this dataset's segmentations?") from None
+    metrics = metrics_from_confusion(counts, [tuple(r) if isinstance(r, list) else r for r in labels_or_regions], ignore_label)
+    return {"reference_file": reference, "prediction_file": prediction, "metrics": metrics}
+
+
+def _key(label_or_region: LabelOrRegion) -> str:
+    return str(label_or_region)
+
+
+def _matched_files(pred_dir: Path, ref_dir: Path, file_ending: str) -> list[str]:
+    def names(folder: Path) -> set[str]:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder {folder} not found")
+        return {p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+
+    pred, ref = names(pred_dir), names(ref_dir)
+    if not pred:
+        raise ValueError(f"{pred_dir} holds no {file_ending} predictions")
+    problems = []
+    if pred - ref:
+        problems.append(f"predictions without a reference in {ref_dir}: {', '.join(sorted(pred - ref))}")
+    if ref - pred:
+        problems.append(f"references without a prediction in {pred_dir}: {', '.join(sorted(ref - pred))}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return sorted(pred)
+
+
+def summarize(per_case: Sequence[dict], labels_or_regions: Sequence[LabelOrRegion]) -> dict:
+    """`mean` and `foreground_mean` over the cases, nnU-Net's way (nanmean over cases, mean over labels)."""
+    means = {}
+    for r in labels_or_regions:
+        means[r] = {}
+        for m in METRICS:
+            values = np.array([case["metrics"][r][m] for case in per_case], dtype=float)
+            means[r][m] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+    foreground = {m: float(np.mean([means[r][m] for r in labels_or_regions if r != 0])) for m in METRICS}
+    return {"metric_per_case": list(per_case), "mean": means, "foreground_mean": foreground}
+
+
+def to_json(summary: Mapping[str, Any]) -> dict:
+    """The summary with nnU-Net's string keys (`str(label)`, `str(region)`)."""
+    return {
+        "metric_per_case": [
+            {**case, "metrics": {_key(k): v for k, v in case["metrics"].items()}} for case in summary["metric_per_case"]
+        ],
+        "mean": {_key(k): v for k, v in summary["mean"].items()},
+        "foreground_mean": dict(summary["foreground_mean"]),
+    }
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    dataset_json: Mapping[str, Any],
+    *,
+    output: str | Path | None = None,
+    num_processes: int | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Scores every prediction against its reference.
+
+    Args:
+        pred_dir: folder of predicted segmentations.
+        ref_dir: folder of reference segmentations (the same file names).
+        dataset_json: the dataset's dataset.json (labels, regions, ignore label, file_ending).
+        output: where to write summary.json (atomically); None writes nothing.
+        num_processes: worker processes (default: the cores).
+        progress: a progress bar; None: only when stderr is a terminal.
+
+    Returns:
+        The summary, with int / tuple keys (`to_json` gives nnU-Net's string keys).
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        ValueError: no predictions, cases on one side only, shapes or spacings that differ, labels
+            outside dataset.json's, a bad dataset.json.
+    """
+    from fastseg.io.atomic import write_json_atomic
+    from fastseg.runtime.workers import default_num_workers, parallel_map
+
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    labels_or_regions, ignore = labels_to_score(dataset_json)
+    ending = dataset_json.get("file_ending", ".nii.gz")
+    names = _matched_files(pred_dir, ref_dir, ending)
+    values = [v for r in labels_or_regions for v in (r if isinstance(r, tuple) else (r,))] + [0]
+    size = max(values + ([ignore] if ignore is not None else [])) + 1
+    jobs = [(str(ref_dir / n), str(pred_dir / n), labels_or_regions, ignore, size) for n in names]
+    per_case = parallel_map(score_case, jobs, num_processes or default_num_workers(), desc="Evaluating", progress=progress)
+    summary = summarize(per_case, labels_or_regions)
+    if output is not None:
+        write_json_atomic(to_json(summary), Path(output), sort_keys=True)
+    return summary
+
+
+def format_table(summary: Mapping[str, Any], names: Mapping[LabelOrRegion, str] | None = None) -> str:
+    """The per-label (region) means as a table for the terminal."""
+    names = names or {}
+    rows = [f"{'label':<24}{'Dice':>8}{'IoU':>8}{'n_ref':>12}{'n_pred':>12}"]
+
+    def fmt(v: float) -> str:
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
+
+    for r, m in summary["mean"].items():
+        label = f"{names.get(r, '')} ({_key(r)})".strip()
+        rows.append(f"{label:<24}{fmt(m['Dice']):>8}{fmt(m['IoU']):>8}{m['n_ref']:>12.0f}{m['n_pred']:>12.0f}")
+    fg = summary["foreground_mean"]
+    rows.append(f"{'foreground mean':<24}{fmt(fg['Dice']):>8}{fmt(fg['IoU']):>8}")
+    rows.append(f"{len(summary['metric_per_case'])} case(s)")
+    return "\n".join(rows)

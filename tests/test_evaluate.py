@@ -1,0 +1,153 @@
+"""`fastseg evaluate` against nnU-Net's `compute_metrics_on_folder`, run here on the same folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+from helpers import fastseg_script
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, load_summary_json
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+from fastseg import io as fio
+from fastseg.evaluate import confusion_matrix, evaluate_folders, metrics_from_confusion
+
+LABELS = {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}
+REGIONS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+
+
+def _case(rng, shape, labels):
+    ref = np.zeros(shape, dtype=np.uint8)
+    for value in range(1, labels + 1):
+        centre = [rng.integers(3, s - 3) for s in shape]
+        grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+        ref[sum((g - c) ** 2 for g, c in zip(grid, centre)) < rng.integers(4, 30)] = value
+    pred = ref.copy()
+    flips = rng.random(shape) < 0.03
+    pred[flips] = rng.integers(0, labels + 1, int(flips.sum()))
+    pred = np.roll(pred, int(rng.integers(-1, 2)), axis=int(rng.integers(0, 3)))
+    return ref, pred
+
+
+def _write_folders(tmp_path, rng, labels, ignore=None, cases=4, empty_class=False):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    for i in range(cases):
+        ref, pred = _case(rng, (12, 20, 18), labels)
+        if empty_class:
+            ref[ref == labels] = 0
+            pred[pred == labels] = 0 if i % 2 else pred[pred == labels]  # absent from both in odd cases
+        if ignore is not None:
+            ref[:2] = ignore
+        props = {"spacing": [2.0, 0.8, 0.8]}
+        fio.write_seg(ref, ref_dir / f"case_{i:03d}.nii.gz", props)
+        fio.write_seg(pred, pred_dir / f"case_{i:03d}.nii.gz", props)
+    return pred_dir, ref_dir
+
+
+def _nnunet(pred_dir, ref_dir, labels_or_regions, ignore, out):
+    compute_metrics_on_folder(str(ref_dir), str(pred_dir), str(out), SimpleITKIO(), ".nii.gz", labels_or_regions, ignore, 1)
+    return load_summary_json(str(out))
+
+
+def _assert_same(ours: dict, ref: dict):
+    def same(a, b):
+        return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+    assert [c["prediction_file"] for c in ours["metric_per_case"]] == [c["prediction_file"] for c in ref["metric_per_case"]]
+    for a, b in zip(ours["metric_per_case"], ref["metric_per_case"]):
+        assert set(a["metrics"]) == set(b["metrics"])
+        for k in b["metrics"]:
+            for m, v in b["metrics"][k].items():
+                assert same(a["metrics"][k][m], v), (a["prediction_file"], k, m)
+    for k in ref["mean"]:
+        for m, v in ref["mean"][k].items():
+            assert same(ours["mean"][k][m], v), (k, m)
+    for m, v in ref["foreground_mean"].items():
+        assert same(ours["foreground_mean"][m], v), m
+
+
+@pytest.mark.parametrize(
+    "labels,ignore,empty_class",
+    [
+        pytest.param(LABELS, None, False, id="labels"),
+        pytest.param(LABELS, None, True, id="labels-absent-in-some-cases"),
+        pytest.param({**LABELS, "ignore": 4}, 4, False, id="ignore-label"),
+        pytest.param(REGIONS, None, False, id="regions"),
+    ],
+)
+def test_summary_equals_nnunet(tmp_path, rng, labels, ignore, empty_class):
+    pred_dir, ref_dir = _write_folders(tmp_path, rng, 3, ignore, empty_class=empty_class)
+    dataset_json = {"labels": labels, "file_ending": ".nii.gz"}
+    if labels is REGIONS:
+        dataset_json["regions_class_order"] = [1, 2, 3]
+        scored = [(1, 2, 3), (2, 3), 3]
+    else:
+        scored = [1, 2, 3]
+    ours = evaluate_folders(pred_dir, ref_dir, dataset_json, output=tmp_path / "summary.json", num_processes=2, progress=False)
+    ref = _nnunet(pred_dir, ref_dir, scored, ignore, tmp_path / "nnunet.json")
+    _assert_same(ours, ref)
+    # The file nnU-Net's own loader reads back the same numbers, with the same keys.
+    _assert_same(load_summary_json(str(tmp_path / "summary.json")), ref)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert set(written["mean"]) == set(json.loads((tmp_path / "nnunet.json").read_text())["mean"])
+
+
+def test_confusion_matrix_counts_by_hand():
+    ref = np.array([[0, 1, 1], [2, 2, 0]])
+    pred = np.array([[0, 1, 2], [2, 0, 0]])
+    counts = confusion_matrix(ref, pred, 3)
+    assert counts.tolist() == [[2, 0, 0], [0, 1, 1], [1, 0, 1]]
+    m = metrics_from_confusion(counts, [1, 2, (1, 2)])
+    assert (m[1]["TP"], m[1]["FP"], m[1]["FN"], m[1]["TN"]) == (1, 0, 1, 4)
+    assert (m[2]["TP"], m[2]["FP"], m[2]["FN"], m[2]["TN"]) == (1, 1, 1, 3)
+    assert m[(1, 2)]["TP"] == 3 and m[(1, 2)]["FN"] == 1 and m[(1, 2)]["FP"] == 0
+    assert m[1]["Dice"] == pytest.approx(2 / 3)
+    # Label 3 is absent from both: NaN, as nnU-Net.
+    assert math.isnan(metrics_from_confusion(np.zeros((4, 4), int), [3])[3]["Dice"])
+
+
+def test_bad_input_is_named_and_nothing_written(tmp_path, rng):
+    pred_dir, ref_dir = _write_folders(tmp_path, rng, 3, cases=3)
+    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz"}
+    out = tmp_path / "summary.json"
+    (ref_dir / "case_000.nii.gz").rename(ref_dir / "case_099.nii.gz")
+    with pytest.raises(ValueError, match="case_000.nii.gz.*case_099.nii.gz"):
+        evaluate_folders(pred_dir, ref_dir, dataset_json, output=out, num_processes=1)
+    (ref_dir / "case_099.nii.gz").rename(ref_dir / "case_000.nii.gz")
+    fio.write_seg(np.zeros((12, 20, 18), np.uint8), pred_dir / "case_001.nii.gz", {"spacing": [3.0, 0.8, 0.8]})
+    with pytest.raises(ValueError, match="case_001.nii.gz has spacing"):
+        evaluate_folders(pred_dir, ref_dir, dataset_json, output=out, num_processes=1)
+    fio.write_seg(np.zeros((12, 20, 17), np.uint8), pred_dir / "case_001.nii.gz", {"spacing": [2.0, 0.8, 0.8]})
+    with pytest.raises(ValueError, match="case_001.nii.gz has shape"):
+        evaluate_folders(pred_dir, ref_dir, dataset_json, output=out, num_processes=1)
+    fio.write_seg(np.full((12, 20, 18), 7, np.uint8), pred_dir / "case_001.nii.gz", {"spacing": [2.0, 0.8, 0.8]})
+    with pytest.raises(ValueError, match="outside 0..3"):
+        evaluate_folders(pred_dir, ref_dir, dataset_json, output=out, num_processes=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no .nii.gz predictions"):
+        evaluate_folders(empty, ref_dir, dataset_json, output=out, num_processes=1)
+    assert not out.exists()
+
+
+def test_cli_prints_the_table_and_writes_summary(tmp_path, rng):
+    pred_dir, ref_dir = _write_folders(tmp_path, rng, 3, cases=2)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": LABELS, "file_ending": ".nii.gz"}))
+    run = subprocess.run(
+        [fastseg_script(), "evaluate", str(pred_dir), str(ref_dir), "--dataset-json", str(tmp_path / "dataset.json"), "-j", "1"],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "organ (1)" in run.stdout and "foreground mean" in run.stdout
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 2
+    run = subprocess.run(
+        [fastseg_script(), "evaluate", str(pred_dir), str(ref_dir), "--dataset-json", str(tmp_path / "nope.json")],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
+    )
+    assert run.returncode == 1 and "nope.json not found" in run.stderr and "Traceback" not in run.stderr
