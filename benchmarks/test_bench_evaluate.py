@@ -21,11 +21,15 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workers import read_floor from here
+from read_floor import read_pair  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +66,6 @@ def folders(tmp_path_factory):
     return pred, raw / "labelsTr", json.loads((raw / "dataset.json").read_text())
 
 
-def _read_pair(job):
-    from fastseg import io as fio
-
-    ref, pred = job
-    return fio.read_seg(Path(ref))[0].shape == fio.read_seg(Path(pred))[0].shape
-
-
 def _timed(fn, rounds=ROUNDS):
     fn()  # warm-up
     times = []
@@ -90,7 +87,7 @@ def test_evaluate_against_nnunet_and_the_read_floor(folders, tmp_path):
     pred, ref, dataset_json = folders
     names = sorted(p.name for p in pred.glob("*.nii.gz"))
     jobs = [(str(ref / n), str(pred / n)) for n in names]
-    floor, floor_all, _ = _timed(lambda: parallel_map(_read_pair, jobs, PROCESSES, progress=False))
+    floor, floor_all, _ = _timed(lambda: parallel_map(read_pair, jobs, PROCESSES, progress=False))
     ours, ours_all, summary = _timed(lambda: evaluate_folders(pred, ref, dataset_json, num_processes=PROCESSES, progress=False))
     labels, ignore = labels_to_score(dataset_json)
     theirs, theirs_all, reference = _timed(

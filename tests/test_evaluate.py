@@ -107,6 +107,16 @@ def test_confusion_matrix_counts_by_hand():
     assert (m[2]["TP"], m[2]["FP"], m[2]["FN"], m[2]["TN"]) == (1, 1, 1, 3)
     assert m[(1, 2)]["TP"] == 3 and m[(1, 2)]["FN"] == 1 and m[(1, 2)]["FP"] == 0
     assert m[1]["Dice"] == pytest.approx(2 / 3)
+    # The native pass equals numpy's histogram on every integer type, large maps included.
+    rng = np.random.default_rng(5)
+    for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64):
+        a, b = (rng.integers(0, 6, (7, 50, 61)).astype(dtype) for _ in range(2))
+        expected = np.bincount(a.astype(np.int64).ravel() * 6 + b.ravel(), minlength=36).reshape(6, 6)
+        np.testing.assert_array_equal(confusion_matrix(a, b, 6), expected)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="shapes differ"):
+        confusion_matrix(np.zeros(3, int), np.zeros(4, int), 3)
     # Label 3 is absent from both: NaN, as nnU-Net.
     assert math.isnan(metrics_from_confusion(np.zeros((4, 4), int), [3])[3]["Dice"])
 

@@ -188,6 +188,7 @@ namespace fastseg::bind {
 void register_components(py::module_& m);
 void register_inference(py::module_& m);
 void register_sampling(py::module_& m);
+void register_metrics(py::module_& m);
 }  // namespace fastseg::bind
 
 PYBIND11_MODULE(_C, m) {
@@ -214,4 +215,5 @@ PYBIND11_MODULE(_C, m) {
   fastseg::bind::register_components(m);
   fastseg::bind::register_inference(m);
   fastseg::bind::register_sampling(m);
+  fastseg::bind::register_metrics(m);
 }

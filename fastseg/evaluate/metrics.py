@@ -26,20 +26,29 @@ METRICS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 
 
 def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, size: int) -> np.ndarray:
-    """counts[r, p] of voxels with reference label r and predicted label p, int64 (size, size).
+    """counts[r, p] of voxels with reference label r and predicted label p, int64 (size, size):
+    one native pass (`fastseg._C.confusion_matrix`, OpenMP).
 
     Raises:
         ValueError: shapes differ, or a label is negative or >= size.
     """
+    from fastseg._native import cpu
+
     if reference.shape != prediction.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, prediction {prediction.shape}")
-    ref = np.ascontiguousarray(reference).ravel()
-    pred = np.ascontiguousarray(prediction).ravel()
-    for name, a in (("reference", ref), ("prediction", pred)):
-        if a.size and (int(a.min()) < 0 or int(a.max()) >= size):
-            raise ValueError(f"the {name} holds label values outside 0..{size - 1} (found {int(a.min())}..{int(a.max())})")
-    index = ref.astype(np.int64) * size + pred
-    return np.bincount(index, minlength=size * size).reshape(size, size)
+    ref = np.ascontiguousarray(reference)
+    pred = np.ascontiguousarray(prediction)
+    if ref.dtype != pred.dtype or ref.dtype.kind not in "iu":
+        common = np.result_type(ref.dtype, pred.dtype, np.int16)
+        if common.kind not in "iu":
+            raise ValueError(f"label maps must hold integers, got {reference.dtype} and {prediction.dtype}")
+        ref, pred = ref.astype(common, copy=False), pred.astype(common, copy=False)
+    counts, outside = cpu().confusion_matrix(ref, pred, int(size))
+    if outside:
+        lo = min(int(ref.min()), int(pred.min()))
+        hi = max(int(ref.max()), int(pred.max()))
+        raise ValueError(f"{outside} voxels hold label values outside 0..{size - 1} (found {lo}..{hi})")
+    return counts
 
 
 def _members(label_or_region: LabelOrRegion) -> list[int]:
