@@ -157,7 +157,82 @@ def test_cli_prints_the_table_and_writes_summary(tmp_path, rng):
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == 2
     run = subprocess.run(
+        [fastseg_script(), "evaluate", str(pred_dir), str(ref_dir), "--dataset-json", str(tmp_path / "dataset.json"), "-j", "1",
+         "--nsd-tolerance-mm", "1.5", "-o", str(tmp_path / "with_surface.json")],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
+    )
+    assert run.returncode == 0 and "HD95" in run.stdout and "NSD" in run.stdout, run.stdout + run.stderr
+    assert "NSD" in json.loads((tmp_path / "with_surface.json").read_text())["mean"]["1"]
+    run = subprocess.run(
         [fastseg_script(), "evaluate", str(pred_dir), str(ref_dir), "--dataset-json", str(tmp_path / "nope.json")],
         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
     )
     assert run.returncode == 1 and "nope.json not found" in run.stderr and "Traceback" not in run.stderr
+
+
+# --- surface distances (fastseg.evaluate.surface) ------------------------------------------------------
+
+
+def _brute_force(ref, pred, spacing, tol):
+    """All border points, all pairwise distances (numpy), nearest per point."""
+    from fastseg.evaluate.surface import border
+
+    pts_ref = np.argwhere(border(ref)) * np.asarray(spacing)
+    pts_pred = np.argwhere(border(pred)) * np.asarray(spacing)
+    d = np.sqrt(((pts_pred[:, None, :] - pts_ref[None, :, :]) ** 2).sum(-1))
+    a, b = d.min(axis=1), d.min(axis=0)
+    return {
+        "HD95": max(np.percentile(a, 95), np.percentile(b, 95)),
+        "ASSD": np.concatenate([a, b]).mean(),
+        "NSD": ((a <= tol).sum() + (b <= tol).sum()) / (a.size + b.size),
+    }
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 0.7, 0.9)], ids=["isotropic", "anisotropic"])
+def test_surface_metrics_equal_a_brute_force_reference(rng, spacing):
+    from fastseg.evaluate.surface import surface_metrics
+
+    for _ in range(3):
+        ref, pred = _case(rng, (10, 18, 16), 1)
+        ref, pred = ref == 1, pred == 1
+        if not ref.any() or not pred.any():
+            continue
+        ours = surface_metrics(ref, pred, spacing, 1.5)
+        expected = _brute_force(ref, pred, spacing, 1.5)
+        for k in ("HD95", "ASSD", "NSD"):
+            assert ours[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-6), k
+
+
+def test_surface_metric_conventions_for_empty_masks_and_2d():
+    from fastseg.evaluate.surface import border, surface_metrics
+
+    empty, blob = np.zeros((6, 8, 8), bool), np.zeros((6, 8, 8), bool)
+    blob[2:4, 3:6, 3:6] = True
+    assert all(math.isnan(v) for v in surface_metrics(empty, empty, (1, 1, 1), 1).values())
+    assert surface_metrics(blob, empty, (1, 1, 1), 1) == {"HD95": math.inf, "ASSD": math.inf, "NSD": 0.0}
+    assert surface_metrics(blob, blob, (1, 1, 1), 0) == {"HD95": 0.0, "ASSD": 0.0, "NSD": 1.0}
+    # A 2D image stored as (1, y, x) is treated as 2D: its inner pixels are not border.
+    square = np.zeros((1, 9, 9), bool)
+    square[0, 2:7, 2:7] = True
+    shifted = np.roll(square, 1, axis=2)
+    got = surface_metrics(square, shifted, (1.0, 0.5, 0.5), 0.25)
+    expected = _brute_force(square[0], shifted[0], (0.5, 0.5), 0.25)
+    assert got["HD95"] == pytest.approx(expected["HD95"]) and got["NSD"] == pytest.approx(expected["NSD"])
+    assert border(square[0]).sum() == 16
+
+
+def test_evaluate_with_surface_metrics_adds_keys_and_keeps_nnunets(tmp_path, rng):
+    pred_dir, ref_dir = _write_folders(tmp_path, rng, 3, cases=2)
+    dataset_json = {"labels": LABELS, "file_ending": ".nii.gz"}
+    plain = evaluate_folders(pred_dir, ref_dir, dataset_json, num_processes=1)
+    ours = evaluate_folders(pred_dir, ref_dir, dataset_json, num_processes=1, nsd_tolerance_mm=1.0,
+                            output=tmp_path / "summary.json")
+    for case_plain, case in zip(plain["metric_per_case"], ours["metric_per_case"]):
+        for k, m in case_plain["metrics"].items():
+            assert {n: v for n, v in case["metrics"][k].items() if n in m} == pytest.approx(m, nan_ok=True)
+            assert {"HD95", "ASSD", "NSD"} <= set(case["metrics"][k])
+    ref_seg = fio.read_seg(ref_dir / "case_000.nii.gz")[0][0]
+    pred_seg = fio.read_seg(pred_dir / "case_000.nii.gz")[0][0]
+    expected = _brute_force(ref_seg == 1, pred_seg == 1, (2.0, 0.8, 0.8), 1.0)
+    assert ours["metric_per_case"][0]["metrics"][1]["HD95"] == pytest.approx(expected["HD95"], rel=1e-5)
+    assert load_summary_json(str(tmp_path / "summary.json"))["mean"][1]["NSD"] == pytest.approx(ours["mean"][1]["NSD"])

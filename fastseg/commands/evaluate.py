@@ -27,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
     dataset_json = _dataset_json(Path(args.dataset_json))
     output = Path(args.output) if args.output else Path(args.pred_dir) / "summary.json"
-    summary = evaluate_folders(args.pred_dir, args.ref_dir, dataset_json, output=output, num_processes=args.num_processes)
+    summary = evaluate_folders(
+        args.pred_dir, args.ref_dir, dataset_json, output=output, num_processes=args.num_processes,
+        nsd_tolerance_mm=args.nsd_tolerance_mm,
+    )
     names = {}
     for name, value in dataset_json["labels"].items():
         names[tuple(value) if isinstance(value, list) else value] = name
@@ -50,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=(
             "Examples:\n"
             "  fastseg evaluate pred/ labelsTs/ --dataset-json raw/Dataset001_Heart/dataset.json\n"
-            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json -o results/summary.json -j 4"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json -o results/summary.json -j 4\n"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json --nsd-tolerance-mm 2"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,4 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-json", required=True, metavar="FILE", help="the dataset's dataset.json (labels, regions, ignore label)")
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="summary file (default: PRED_DIR/summary.json)")
     p.add_argument("-j", "--num-processes", type=positive_int, default=None, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument(
+        "--nsd-tolerance-mm", type=float, default=None, metavar="T",
+        help="also compute HD95, average symmetric surface distance (ASSD) and normalized surface Dice at T mm, on each "
+        "case's spacing (extra keys in summary.json)",
+    )
     p.set_defaults(func=run)

@@ -38,12 +38,12 @@ def labels_to_score(dataset_json: Mapping[str, Any]) -> tuple[list[LabelOrRegion
     return (list(spec.regions) if spec.has_regions else list(spec.foreground_labels)), spec.ignore_label
 
 
-def score_case(job: tuple[str, str, list, int | None, int]) -> dict:
+def score_case(job: tuple) -> dict:
     """One case's entry of `metric_per_case` (a worker's job: reference, prediction, labels or
-    regions, ignore label, confusion matrix size)."""
+    regions, ignore label, confusion matrix size, NSD tolerance in mm or None for no surface metrics)."""
     from fastseg import io as fio
 
-    reference, prediction, labels_or_regions, ignore_label, size = job
+    reference, prediction, labels_or_regions, ignore_label, size, tolerance = job
     ref, ref_props = fio.read_seg(Path(reference))
     pred, pred_props = fio.read_seg(Path(prediction))
     if ref.shape != pred.shape:
@@ -55,7 +55,19 @@ def score_case(job: tuple[str, str, list, int | None, int]) -> dict:
         counts = confusion_matrix(ref, pred, size)
     except ValueError as err:
         raise ValueError(f"{prediction} / {reference}: {err}; are these this dataset's segmentations?") from None
-    metrics = metrics_from_confusion(counts, [tuple(r) if isinstance(r, list) else r for r in labels_or_regions], ignore_label)
+    scored = [tuple(r) if isinstance(r, list) else r for r in labels_or_regions]
+    metrics = metrics_from_confusion(counts, scored, ignore_label)
+    if tolerance is not None:
+        from fastseg.evaluate.surface import surface_metrics
+
+        spacing = [float(v) for v in ref_props["spacing"]]
+        keep = ref[0] != ignore_label if ignore_label is not None else None
+        for r in scored:
+            members = list(r) if isinstance(r, tuple) else [r]
+            ref_mask, pred_mask = np.isin(ref[0], members), np.isin(pred[0], members)
+            if keep is not None:
+                pred_mask &= keep  # voxels under the ignore label count nowhere
+            metrics[r].update(surface_metrics(ref_mask, pred_mask, spacing, tolerance))
     return {"reference_file": reference, "prediction_file": prediction, "metrics": metrics}
 
 
@@ -84,13 +96,14 @@ def _matched_files(pred_dir: Path, ref_dir: Path, file_ending: str) -> list[str]
 
 def summarize(per_case: Sequence[dict], labels_or_regions: Sequence[LabelOrRegion]) -> dict:
     """`mean` and `foreground_mean` over the cases, nnU-Net's way (nanmean over cases, mean over labels)."""
+    names = list(per_case[0]["metrics"][labels_or_regions[0]]) if per_case else list(METRICS)
     means = {}
     for r in labels_or_regions:
         means[r] = {}
-        for m in METRICS:
+        for m in names:
             values = np.array([case["metrics"][r][m] for case in per_case], dtype=float)
             means[r][m] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
-    foreground = {m: float(np.mean([means[r][m] for r in labels_or_regions if r != 0])) for m in METRICS}
+    foreground = {m: float(np.mean([means[r][m] for r in labels_or_regions if r != 0])) for m in names}
     return {"metric_per_case": list(per_case), "mean": means, "foreground_mean": foreground}
 
 
@@ -113,6 +126,7 @@ def evaluate_folders(
     output: str | Path | None = None,
     num_processes: int | None = None,
     progress: bool | None = None,
+    nsd_tolerance_mm: float | None = None,
 ) -> dict:
     """Scores every prediction against its reference.
 
@@ -123,6 +137,8 @@ def evaluate_folders(
         output: where to write summary.json (atomically); None writes nothing.
         num_processes: worker processes (default: the cores).
         progress: a progress bar; None: only when stderr is a terminal.
+        nsd_tolerance_mm: also compute HD95, ASSD and NSD at this tolerance (`fastseg.evaluate.surface`),
+            as extra keys beside nnU-Net's; None (default): overlap metrics only.
 
     Returns:
         The summary, with int / tuple keys (`to_json` gives nnU-Net's string keys).
@@ -141,7 +157,9 @@ def evaluate_folders(
     names = _matched_files(pred_dir, ref_dir, ending)
     values = [v for r in labels_or_regions for v in (r if isinstance(r, tuple) else (r,))] + [0]
     size = max(values + ([ignore] if ignore is not None else [])) + 1
-    jobs = [(str(ref_dir / n), str(pred_dir / n), labels_or_regions, ignore, size) for n in names]
+    if nsd_tolerance_mm is not None and not nsd_tolerance_mm >= 0:
+        raise ValueError(f"the NSD tolerance must be >= 0 mm, got {nsd_tolerance_mm}")
+    jobs = [(str(ref_dir / n), str(pred_dir / n), labels_or_regions, ignore, size, nsd_tolerance_mm) for n in names]
     per_case = parallel_map(score_case, jobs, num_processes or default_num_workers(), desc="Evaluating", progress=progress)
     summary = summarize(per_case, labels_or_regions)
     if output is not None:
@@ -152,15 +170,19 @@ def evaluate_folders(
 def format_table(summary: Mapping[str, Any], names: Mapping[LabelOrRegion, str] | None = None) -> str:
     """The per-label (region) means as a table for the terminal."""
     names = names or {}
-    rows = [f"{'label':<24}{'Dice':>8}{'IoU':>8}{'n_ref':>12}{'n_pred':>12}"]
+    surface = any("HD95" in m for m in summary["mean"].values())
+    extra = ["HD95", "ASSD", "NSD"] if surface else []
+    rows = [f"{'label':<24}{'Dice':>8}{'IoU':>8}" + "".join(f"{e:>9}" for e in extra) + f"{'n_ref':>12}{'n_pred':>12}"]
 
-    def fmt(v: float) -> str:
-        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
+    def fmt(v: float, width: int = 8) -> str:
+        text = "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}"
+        return f"{text:>{width}}"
 
     for r, m in summary["mean"].items():
         label = f"{names.get(r, '')} ({_key(r)})".strip()
-        rows.append(f"{label:<24}{fmt(m['Dice']):>8}{fmt(m['IoU']):>8}{m['n_ref']:>12.0f}{m['n_pred']:>12.0f}")
+        rows.append(f"{label:<24}{fmt(m['Dice'])}{fmt(m['IoU'])}" + "".join(fmt(m[e], 9) for e in extra)
+                    + f"{m['n_ref']:>12.0f}{m['n_pred']:>12.0f}")
     fg = summary["foreground_mean"]
-    rows.append(f"{'foreground mean':<24}{fmt(fg['Dice']):>8}{fmt(fg['IoU']):>8}")
+    rows.append(f"{'foreground mean':<24}{fmt(fg['Dice'])}{fmt(fg['IoU'])}" + "".join(fmt(fg[e], 9) for e in extra))
     rows.append(f"{len(summary['metric_per_case'])} case(s)")
     return "\n".join(rows)
