@@ -35,6 +35,7 @@ from helpers import fastseg_script, requires_cuda
 from model_factory import copy_with_trainer_name
 
 from fastseg.predict import ModelFolderError, Predictor
+from fastseg.runtime.locking import owner_token
 
 pytestmark = pytest.mark.slow
 
@@ -290,6 +291,24 @@ def test_continue_writes_nothing_new(models, tmp_path):
     run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--no-tta", "--continue")
     assert run.returncode == 0 and "0 written, 2 already there" in run.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_continue_removes_what_a_dead_writer_left_and_keeps_a_live_ones(models, tmp_path):
+    model, images = models["2d"]
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = out / f".tmp-{dead.pid}.1-0badc0de-case_0000.nii.gz"
+    abandoned.write_bytes(b"half a file")
+    in_flight = out / f".tmp-{owner_token()}-0badc0de-case_0001.nii.gz"
+    in_flight.write_bytes(b"still being written")
+    run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--no-tta", "--continue")
+    assert run.returncode == 0, run.stderr
+    assert not abandoned.exists() and in_flight.exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        _output_name(p) for p in images.glob("*.nii.gz")
+    )
 
 
 def test_killed_run_leaves_no_half_written_file(models, tmp_path):

@@ -71,18 +71,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Removes what an interrupted run left of `out` (and its .npz/.pkl): the hidden temporary
-    files of `fastseg.io.atomic`, named `.tmp-<8 hex digits>-<file name>`."""
-    from fastseg.io.formats import split_ending
-
-    stem = split_ending(out)[0]
-    for name in (out.name, f"{stem}.npz", f"{stem}.pkl"):
-        for tmp in out.parent.glob(f".tmp-????????-{name}"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-
 class Predictor:
     """A model folder's networks, ready to predict.
 
@@ -279,9 +267,13 @@ class Predictor:
                 report.skipped.append(case.identifier)
             else:
                 todo.append((case, out))
-        for _, out in todo:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temporaries(out)
+        from fastseg.io.atomic import remove_abandoned_temporaries
+
+        for folder in dict.fromkeys(out.parent for out in outputs):
+            folder.mkdir(parents=True, exist_ok=True)
+            removed = remove_abandoned_temporaries(folder)
+            if removed:
+                logger.info("removed %d temporary file(s) an interrupted run left in %s", removed, folder)
         start = time.perf_counter()
         loaded: queue.Queue = queue.Queue(maxsize=1)
         predicted: queue.Queue = queue.Queue(maxsize=1)
