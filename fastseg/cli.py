@@ -14,7 +14,9 @@ import sys
 import fastseg
 
 #: Subcommand modules under fastseg.commands, in the order `fastseg --help` lists them.
-COMMANDS = ("info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "benchmark", "demo")
+COMMANDS = (
+    "info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "find-postprocessing", "benchmark", "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"fastseg.commands.{name}").register(sub)
+        importlib.import_module(f"fastseg.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

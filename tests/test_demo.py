@@ -9,7 +9,7 @@ import pytest
 
 from fastseg import cli
 
-COMMANDS = ("plan", "preprocess", "demo")
+COMMANDS = cli.COMMANDS
 
 
 def run_cli(*argv) -> int:

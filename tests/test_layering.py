@@ -8,7 +8,8 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.io, fastseg.ops                                              files; kernels
     fastseg.plan, fastseg.datasets                                       planning; converters
     fastseg.preprocess                                                   reads plans
-    fastseg.workflow, fastseg.predict, fastseg.evaluate                  verify -> plan -> preprocess; prediction; scoring
+    fastseg.workflow, fastseg.predict                                    verify -> plan -> preprocess; prediction
+    fastseg.evaluate                                                     scoring, postprocessing selection, ensembles
     fastseg.benchmark                                                    fastseg beside nnU-Net
     fastseg.commands, fastseg.cli                                        the command line
 
@@ -38,10 +39,10 @@ RANK = {
     "fastseg.preprocess": 5,
     "fastseg.workflow": 6,
     "fastseg.predict": 6,
-    "fastseg.evaluate": 6,
-    "fastseg.benchmark": 7,
-    "fastseg.commands": 8,
-    "fastseg.cli": 9,
+    "fastseg.evaluate": 7,
+    "fastseg.benchmark": 8,
+    "fastseg.commands": 9,
+    "fastseg.cli": 10,
 }
 
 

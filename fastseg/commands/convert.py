@@ -102,7 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="make an nnU-Net v2 raw dataset from MedSAM .npz, a DICOM series, or synthetic data",
         description="Writes raw datasets in nnU-Net v2 layout (verified before they appear) or converts a DICOM series to NIfTI.",
-        epilog="Run `fastseg convert SOURCE --help` for each source's options.",
+        epilog=(
+            "Examples:\n"
+            "  fastseg convert synthetic -o nnUNet_raw/Dataset900_Synth --cases 20 --ct\n"
+            "  fastseg convert dicom SERIES_DIR -o image.nii.gz\n"
+            "Run `fastseg convert SOURCE --help` for each source's options."
+        ),
         formatter_class=fmt,
     )
     kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)

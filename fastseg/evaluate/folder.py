@@ -38,12 +38,14 @@ def labels_to_score(dataset_json: Mapping[str, Any]) -> tuple[list[LabelOrRegion
     return (list(spec.regions) if spec.has_regions else list(spec.foreground_labels)), spec.ignore_label
 
 
-def score_case(job: tuple) -> dict:
-    """One case's entry of `metric_per_case` (a worker's job: reference, prediction, labels or
-    regions, ignore label, confusion matrix size, NSD tolerance in mm or None for no surface metrics)."""
+def read_pair(reference: str | Path, prediction: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(reference, prediction, the prediction's properties) of one case, each (1, z, y, x).
+
+    Raises:
+        ValueError: the shapes or spacings differ (naming both files).
+    """
     from fastseg import io as fio
 
-    reference, prediction, labels_or_regions, ignore_label, size, tolerance = job
     ref, ref_props = fio.read_seg(Path(reference))
     pred, pred_props = fio.read_seg(Path(prediction))
     if ref.shape != pred.shape:
@@ -51,23 +53,50 @@ def score_case(job: tuple) -> dict:
     a, b = np.asarray(ref_props["spacing"], float), np.asarray(pred_props["spacing"], float)
     if a.shape != b.shape or not np.allclose(a, b, rtol=_SPACING_TOLERANCE, atol=0):
         raise ValueError(f"{prediction} has spacing {b.tolist()} but its reference {reference} has {a.tolist()}")
+    return ref, pred, pred_props
+
+
+def score_arrays(
+    ref: np.ndarray,
+    pred: np.ndarray,
+    labels_or_regions: Sequence[LabelOrRegion],
+    ignore_label: int | None,
+    size: int,
+    *,
+    spacing: Sequence[float] | None = None,
+    tolerance: float | None = None,
+    names: tuple[str, str] = ("prediction", "reference"),
+) -> dict:
+    """nnU-Net's metrics of each label or region of one case (and the surface metrics at
+    `tolerance` mm on `spacing`, when a tolerance is given)."""
     try:
         counts = confusion_matrix(ref, pred, size)
     except ValueError as err:
-        raise ValueError(f"{prediction} / {reference}: {err}; are these this dataset's segmentations?") from None
+        raise ValueError(f"{names[0]} / {names[1]}: {err}; are these this dataset's segmentations?") from None
     scored = [tuple(r) if isinstance(r, list) else r for r in labels_or_regions]
     metrics = metrics_from_confusion(counts, scored, ignore_label)
     if tolerance is not None:
         from fastseg.evaluate.surface import surface_metrics
 
-        spacing = [float(v) for v in ref_props["spacing"]]
         keep = ref[0] != ignore_label if ignore_label is not None else None
         for r in scored:
             members = list(r) if isinstance(r, tuple) else [r]
             ref_mask, pred_mask = np.isin(ref[0], members), np.isin(pred[0], members)
             if keep is not None:
                 pred_mask &= keep  # voxels under the ignore label count nowhere
-            metrics[r].update(surface_metrics(ref_mask, pred_mask, spacing, tolerance))
+            metrics[r].update(surface_metrics(ref_mask, pred_mask, [float(v) for v in spacing], tolerance))
+    return metrics
+
+
+def score_case(job: tuple) -> dict:
+    """One case's entry of `metric_per_case` (a worker's job: reference, prediction, labels or
+    regions, ignore label, confusion matrix size, NSD tolerance in mm or None for no surface metrics)."""
+    reference, prediction, labels_or_regions, ignore_label, size, tolerance = job
+    ref, pred, props = read_pair(reference, prediction)
+    metrics = score_arrays(
+        ref, pred, labels_or_regions, ignore_label, size, spacing=props["spacing"], tolerance=tolerance,
+        names=(prediction, reference),
+    )
     return {"reference_file": reference, "prediction_file": prediction, "metrics": metrics}
 
 

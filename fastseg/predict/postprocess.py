@@ -85,17 +85,21 @@ def load_postprocessing(path: str | Path) -> list[dict]:
     ]
 
 
-def save_postprocessing_json(steps: Sequence[dict], path: str | Path) -> None:
-    """Writes the JSON form of `steps`, atomically."""
-    from fastseg.io.atomic import write_json_atomic
+def steps_as_json(steps: Sequence[dict]) -> dict:
+    """The JSON form of `steps`: {"steps": [...]} (regions as lists)."""
 
     def plain(v):
         return [plain(x) for x in v] if isinstance(v, (list, tuple)) else int(v)
 
-    write_json_atomic(
-        {"steps": [{_STEP: {"labels_or_regions": plain(s["labels_or_regions"]), "background_label": s["background_label"]}} for s in steps]},
-        path,
-    )
+    return {"steps": [{_STEP: {"labels_or_regions": plain(s["labels_or_regions"]), "background_label": int(s["background_label"])}}
+                      for s in steps]}
+
+
+def save_postprocessing_json(steps: Sequence[dict], path: str | Path) -> None:
+    """Writes the JSON form of `steps`, atomically."""
+    from fastseg.io.atomic import write_json_atomic
+
+    write_json_atomic(steps_as_json(steps), path)
 
 
 def apply_postprocessing(seg: np.ndarray, steps: Sequence[dict]) -> np.ndarray:
