@@ -15,7 +15,8 @@ import fastseg
 
 #: Subcommand modules under fastseg.commands, in the order `fastseg --help` lists them.
 COMMANDS = (
-    "info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "find-postprocessing", "benchmark", "demo",
+    "info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "overlay", "ensemble", "find-postprocessing",
+    "find-best", "benchmark", "demo",
 )
 
 

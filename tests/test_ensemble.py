@@ -112,6 +112,29 @@ def test_saved_probabilities_are_the_average(tmp_path):
     assert pickle.loads((out / "c1.pkl").read_bytes())["sitk_stuff"] == GEOMETRY
 
 
+def test_postprocessing_is_applied_to_the_labels_as_nnunet_applies_it(tmp_path):
+    # random probabilities give labels in many small components: keeping the largest changes them
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+
+    labels = np.zeros(SHAPE, np.int64)
+    labels[1:4, 1:5, 1:5] = 2  # the larger part
+    labels[1:3, 7:9, 8:10] = 2  # a smaller part, apart
+    labels[0, :, 6] = 1
+    onehot = np.stack([labels == c for c in range(len(LABELS))]).astype(np.float32)
+    rng = np.random.default_rng(3)
+    folders = [_write_folder(tmp_path / f"pred_{k}", {"c1": (0.8 * onehot + 0.05 * rng.random(onehot.shape)).astype(np.float32)},
+                             _dataset_json(False)) for k in range(2)]
+    steps = tmp_path / "postprocessing.json"
+    steps.write_text(json.dumps({"steps": [{"remove_all_but_largest_component": {"labels_or_regions": 2, "background_label": 0}}]}))
+    ensemble_folders(folders, tmp_path / "plain", num_processes=1)
+    ensemble_folders(folders, tmp_path / "pp", num_processes=1, postprocessing=steps)
+    plain, _ = _read(tmp_path / "plain" / "c1.nii.gz")
+    pp, _ = _read(tmp_path / "pp" / "c1.nii.gz")
+    expected = remove_all_but_largest_component_from_segmentation(plain, 2)
+    np.testing.assert_array_equal(pp, expected)
+    assert (pp != plain).any()
+
+
 @pytest.mark.parametrize("regions", [pytest.param(False, id="softmax"), pytest.param(True, id="regions")])
 def test_identical_to_nnunet_ensemble_folders(tmp_path, regions):
     folders, _ = _folders(tmp_path, regions=regions, cases=("a_001", "a_002", "b_003"), seed=3)

@@ -255,7 +255,7 @@ def test_bad_inputs_are_named_and_the_rest_written(models, tmp_path):
     run = _fastseg("predict", "-m", model, "-i", inputs, "-o", out, "--no-tta")
     assert run.returncode == 1
     assert "broken" in run.stderr and "extra" in run.stderr and "channel" in run.stderr
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.glob("*.nii.gz"))
     assert written == sorted(_output_name(p) for p in good), written
 
 
@@ -306,9 +306,7 @@ def test_continue_removes_what_a_dead_writer_left_and_keeps_a_live_ones(models, 
     run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--no-tta", "--continue")
     assert run.returncode == 0, run.stderr
     assert not abandoned.exists() and in_flight.exists()
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        _output_name(p) for p in images.glob("*.nii.gz")
-    )
+    assert sorted(p.name for p in out.glob("[!.]*.nii.gz")) == sorted(_output_name(p) for p in images.glob("*.nii.gz"))
 
 
 def test_killed_run_leaves_no_half_written_file(models, tmp_path):
@@ -319,13 +317,15 @@ def test_killed_run_leaves_no_half_written_file(models, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out.is_dir() and any(out.iterdir())):
+    while time.monotonic() < deadline and not (out.is_dir() and any(p.name.endswith(".nii.gz") for p in out.iterdir())):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    for p in out.iterdir() if out.is_dir() else ():
+    for p in out.glob("*.nii.gz") if out.is_dir() else ():
         if not p.name.startswith("."):
             sitk.ReadImage(str(p))  # every visible file is whole
     run = _fastseg("predict", "-m", model, "-i", images, "-o", out, "--continue")
     assert run.returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(_output_name(p) for p in images.glob("*.nii.gz"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [_output_name(p) for p in images.glob("*.nii.gz")] + ["dataset.json", "plans.json"]
+    )

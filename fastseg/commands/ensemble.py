@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         save_probabilities=args.save_probabilities,
         allow_missing=args.skip_missing,
+        postprocessing=args.postprocessing,
     )
     skipped = f"; {len(report.left_out)} case(s) not in every folder left out" if report.left_out else ""
     print(f"ensembled {len(report.written)} case(s) from {len(args.inputs)} folders into {args.output}{skipped}")
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Examples:\n"
             "  fastseg ensemble -i pred_3d_fullres pred_2d -o pred_ensemble\n"
             "  fastseg ensemble -i pred_a pred_b pred_c -o ens --dataset-json model/dataset.json -j 4\n"
-            "  fastseg ensemble -i pred_a pred_b -o ens --save-probabilities --skip-missing"
+            "  fastseg ensemble -i pred_a pred_b -o ens --save-probabilities --skip-missing\n"
+            "  fastseg ensemble -i pred_a pred_b -o ens --postprocessing results/ensembles/ENSEMBLE/postprocessing.pkl"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -76,5 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-missing", action="store_true",
         help="ensemble only the cases every folder holds, with a warning naming the others (default: an error)",
+    )
+    p.add_argument(
+        "--postprocessing", default=None, metavar="FILE",
+        help="postprocessing to apply to the ensembled labels: nnU-Net's postprocessing.pkl or fastseg's .json "
+        "(as `fastseg find-postprocessing` and `fastseg find-best` write them)",
     )
     p.set_defaults(func=run)

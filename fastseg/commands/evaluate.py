@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.evaluate import evaluate_folders, format_table
 
     dataset_json = _dataset_json(Path(args.dataset_json))
+    if args.plot:
+        from fastseg.evaluate.plots import check_plot_path
+
+        check_plot_path(args.plot)
     output = Path(args.output) if args.output else Path(args.pred_dir) / "summary.json"
     summary = evaluate_folders(
         args.pred_dir, args.ref_dir, dataset_json, output=output, num_processes=args.num_processes,
@@ -36,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
         names[tuple(value) if isinstance(value, list) else value] = name
     print(format_table(summary, names))
     print(f"wrote {output}")
+    if args.plot:
+        from fastseg.evaluate.plots import plot_summary
+
+        plot_summary(summary, args.plot, names)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -54,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Examples:\n"
             "  fastseg evaluate pred/ labelsTs/ --dataset-json raw/Dataset001_Heart/dataset.json\n"
             "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json -o results/summary.json -j 4\n"
-            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json --nsd-tolerance-mm 2"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json --nsd-tolerance-mm 2\n"
+            "  fastseg evaluate pred/ labelsTs/ --dataset-json dataset.json --nsd-tolerance-mm 2 --plot scores.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,5 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--nsd-tolerance-mm", type=float, default=None, metavar="T",
         help="also compute HD95, average symmetric surface distance (ASSD) and normalized surface Dice at T mm, on each "
         "case's spacing (extra keys in summary.json)",
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="FILE.png",
+        help="also write per-label box plots of the per-case Dice (and HD95 with --nsd-tolerance-mm) as a PNG",
     )
     p.set_defaults(func=run)

@@ -38,6 +38,24 @@ def _outputs(cases, output: Path, file_ending: str) -> list[Path]:
     return [output / f"{c.identifier}{file_ending}" for c in cases]
 
 
+def _copy_model_files(model, folder: Path) -> None:
+    """dataset.json and plans.json beside the predictions, as nnU-Net leaves them (`fastseg ensemble`
+    and nnU-Net's ensembling and postprocessing read them there); rewritten only when they differ."""
+    import json
+
+    from fastseg.io.atomic import write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in (("dataset.json", model.dataset_json), ("plans.json", model.plans)):
+        target = folder / name
+        try:
+            if json.loads(target.read_text()) == content:
+                continue
+        except (OSError, ValueError):
+            pass
+        write_json_atomic(content, target)
+
+
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     from fastseg.predict.inputs import find_cases
@@ -70,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     for name, problem in problems.items():
         print(f"error: {name}: {problem}", file=sys.stderr)
     outputs = _outputs(cases, Path(args.output), ending)
+    if outputs and outputs[0].parent == Path(args.output):
+        _copy_model_files(model, Path(args.output))
     print(
         f"{len(cases)} case(s), model {model.path.name} ({model.configuration}, folds "
         f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device}, "

@@ -20,6 +20,8 @@ _EXPORTS = {
     "ModelFolderError": "fastseg.predict.model",
     "load_model_folder": "fastseg.predict.model",
     "find_cases": "fastseg.predict.inputs",
+    "ensemble_folders": "fastseg.predict.ensemble",
+    "EnsembleReport": "fastseg.predict.ensemble",
 }
 
 __all__ = sorted(_EXPORTS)

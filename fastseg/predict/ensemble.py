@@ -288,16 +288,22 @@ def ensemble_case(
     file_ending: str,
     regions_class_order: Sequence[int] | None,
     save_probabilities: bool,
+    postprocessing: Sequence[dict] = (),
 ) -> str:
     """One case (a worker's job): averages `files`, writes `<case><file_ending>` into `staging` with
     the geometry of `properties_file`, and with `save_probabilities` also `<case>.npz` / `<case>.pkl`.
-    Returns the label file's name."""
+    `postprocessing` steps (`fastseg.predict.postprocess`) are applied to the labels, not to the
+    saved probabilities. Returns the label file's name."""
     from fastseg import io as fio
     from fastseg.io.atomic import disk_full_error
 
     props = _load_properties(Path(properties_file))
     probabilities = average_probabilities(files)
     labels = probabilities_to_labels(probabilities, regions_class_order)
+    if postprocessing:
+        from fastseg.predict.postprocess import apply_postprocessing
+
+        labels = apply_postprocessing(labels, postprocessing)
     folder, name = Path(staging), f"{case}{file_ending}"
     current = name
     try:
@@ -338,6 +344,7 @@ def ensemble_folders(
     num_processes: int | None = None,
     save_probabilities: bool = False,
     allow_missing: bool = False,
+    postprocessing: str | Path | None = None,
     progress: bool | None = None,
 ) -> EnsembleReport:
     """Averages the probabilities of several prediction folders and writes the label files.
@@ -353,6 +360,8 @@ def ensemble_folders(
         save_probabilities: also write the averaged `<case>.npz` and the `<case>.pkl` (default False).
         allow_missing: ensemble the cases every folder holds and warn about the others (default
             False: a case missing from some folder is an error, as in nnU-Net).
+        postprocessing: nnU-Net's postprocessing.pkl or fastseg's .json (`fastseg find-postprocessing`),
+            applied to every ensembled label map; None (default): none.
         progress: a progress bar; None (default): only when stderr is a terminal.
 
     Returns:
@@ -384,6 +393,11 @@ def ensemble_folders(
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
 
     content, source = _load_dataset_json(dataset_json, folders[0])
+    steps = []
+    if postprocessing is not None:
+        from fastseg.predict.postprocess import load_postprocessing
+
+        steps = load_postprocessing(postprocessing)
     plans_content, _ = _load_plans(plans, folders[0])
     channels, regions_order = _num_outputs(content, source)
     ending = content["file_ending"]
@@ -423,7 +437,7 @@ def ensemble_folders(
             Job(
                 case,
                 (case, [str(f / f"{case}.npz") for f in folders], str(folders[0] / f"{case}.pkl"), str(staging),
-                 ending, order, save_probabilities),
+                 ending, order, save_probabilities, steps),
                 memory_bytes=voxels[case] * (8 * channels + 10),  # two float32 arrays, argmax, labels
             )
             for case in common
