@@ -121,6 +121,33 @@ def test_confusion_matrix_counts_by_hand():
     assert math.isnan(metrics_from_confusion(np.zeros((4, 4), int), [3])[3]["Dice"])
 
 
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 130, 4099, 200_003])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_confusion_matrix_on_runs_with_sparse_changes(n, dtype, threads):
+    # Long runs with a few differing voxels at every position in a block: the block scan's
+    # uniform blocks, its differing bytes and the tail all count; labels outside 0..5 (negative ones
+    # too) are reported, not counted.
+    from fastseg._native import cpu
+    from fastseg.threads import num_threads
+
+    rng = np.random.default_rng(n)
+    a = np.repeat(rng.integers(0, 6, n // 50 + 1), 50)[:n].astype(dtype)
+    b = a.copy()
+    changed = rng.random(n) < 0.02
+    b[changed] = rng.integers(0, 6, int(changed.sum()))
+    if n > 10 and np.issubdtype(dtype, np.signedinteger):
+        a[rng.integers(0, n, 3)] = -1
+    if n > 10:
+        b[rng.integers(0, n, 2)] = 9
+    inside = (a >= 0) & (a < 6) & (b >= 0) & (b < 6)
+    expected = np.bincount(a[inside].astype(np.int64) * 6 + b[inside], minlength=36).reshape(6, 6)
+    with num_threads(threads):
+        counts, outside = cpu().confusion_matrix(a, b, 6)
+    np.testing.assert_array_equal(counts, expected)
+    assert outside == int((~inside).sum())
+
+
 def test_bad_input_is_named_and_nothing_written(tmp_path, rng):
     pred_dir, ref_dir = _write_folders(tmp_path, rng, 3, cases=3)
     dataset_json = {"labels": LABELS, "file_ending": ".nii.gz"}

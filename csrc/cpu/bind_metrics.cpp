@@ -9,7 +9,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "binding.h"
@@ -19,26 +21,71 @@ namespace py = pybind11;
 namespace fastseg::bind {
 namespace {
 
+// Adds `run` voxels of the pair (r, p) to the histogram, or to `outside` when a label is not in [0, size).
+inline void add_pair(int64_t r, int64_t p, int64_t run, int64_t size, int64_t* hist, int64_t& outside) {
+  const uint64_t limit = static_cast<uint64_t>(size);
+  if (static_cast<uint64_t>(r) < limit && static_cast<uint64_t>(p) < limit)
+    hist[r * size + p] += run;
+  else
+    outside += run;
+}
+
 // Returns the number of voxels with a label outside [0, size); fills counts (size * size).
+//
+// Label maps are mostly long runs of one (reference, prediction) pair -- background above all --
+// and a per-voxel histogram increment is slow: each voxel waits for the previous increment of the
+// same bin (store-to-load forwarding, ~5 cycles). So the voxels are taken in blocks of 64:
+//
+//   1. a vectorized pass writes one byte per voxel: 1 where the voxel's pair differs from the
+//      block's first pair, 0 where it is the same;
+//   2. the block's first pair gets 64 minus the number of differing voxels in one addition;
+//   3. only the differing voxels are counted one by one, found eight bytes at a time (a zero
+//      8-byte word has none; in a nonzero word the lowest set byte is found with a count of
+//      trailing zeros).
+//
+// A pair with a label outside [0, size) goes to an extra bin (`bins`), reported as `outside`.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the block scan reads bytes of a word in little-endian order");
+
 template <typename T>
 int64_t confusion_kernel(const T* ref, const T* pred, int64_t n, int64_t size, int64_t* counts) {
+  constexpr int64_t kBlock = 64;
   const int64_t bins = size * size;
+  const uint64_t limit = static_cast<uint64_t>(size);
+  const int64_t blocks = n / kBlock;
   int64_t outside = 0;
+  auto key = [bins, limit, size](T r, T p) -> int64_t {
+    const int64_t ri = static_cast<int64_t>(r), pi = static_cast<int64_t>(p);
+    return static_cast<uint64_t>(ri) < limit && static_cast<uint64_t>(pi) < limit ? ri * size + pi : bins;
+  };
 #pragma omp parallel reduction(+ : outside)
   {
-    std::vector<int64_t> local(static_cast<size_t>(bins), 0);
+    std::vector<int64_t> local(static_cast<size_t>(bins + 1), 0);
+    int64_t* hist = local.data();
 #pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = static_cast<int64_t>(ref[i]);
-      const int64_t p = static_cast<int64_t>(pred[i]);
-      if (r < 0 || r >= size || p < 0 || p >= size) {
-        ++outside;
-        continue;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const T* rb = ref + b * kBlock;
+      const T* pb = pred + b * kBlock;
+      const T r0 = rb[0], p0 = pb[0];
+      uint8_t differs[kBlock];
+      for (int64_t j = 0; j < kBlock; ++j) differs[j] = static_cast<uint8_t>((rb[j] != r0) | (pb[j] != p0));
+      int64_t count = 0;
+      for (int64_t w = 0; w < kBlock; w += 8) {
+        uint64_t word;
+        std::memcpy(&word, differs + w, 8);
+        while (word != 0) {
+          const int byte = __builtin_ctzll(word) >> 3;  // little-endian: the lowest byte is the first voxel
+          word &= ~(uint64_t{0xFF} << (8 * byte));
+          ++hist[key(rb[w + byte], pb[w + byte])];
+          ++count;
+        }
       }
-      ++local[static_cast<size_t>(r * size + p)];
+      hist[key(r0, p0)] += kBlock - count;
     }
+#pragma omp single nowait
+    for (int64_t i = blocks * kBlock; i < n; ++i) ++hist[key(ref[i], pred[i])];
+    outside += hist[bins];
 #pragma omp critical
-    for (int64_t b = 0; b < bins; ++b) counts[b] += local[static_cast<size_t>(b)];
+    for (int64_t k = 0; k < bins; ++k) counts[k] += hist[k];
   }
   return outside;
 }
