@@ -230,6 +230,57 @@ def test_surface_metrics_equal_a_brute_force_reference(rng, spacing):
             assert ours[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-6), k
 
 
+def test_label_surface_metrics_on_boxes_equal_the_whole_image_brute_force(rng):
+    # labels on the image's edge, apart from each other, absent from one map or from both, a
+    # region, and the ignore label: the cropped computation equals the brute force on whole masks
+    from fastseg.evaluate.surface import label_surface_metrics
+
+    spacing = (2.5, 0.8, 0.6)
+    ref = np.zeros((9, 16, 14), np.uint8)
+    ref[0:4, 0:5, 0:6] = 1  # on the edge
+    ref[5:8, 9:14, 8:12] = 2
+    ref[2:4, 10:12, 1:3] = 3  # only in the reference
+    ref[8, :, :2] = 9  # ignore label
+    pred = np.roll(ref, 1, axis=1)
+    pred[pred == 3] = 0
+    pred[pred == 9] = 0
+    pred[8, 0:2, 12:14] = 2  # a far-away false positive
+    pred[6, 2, 2] = 4  # only in the prediction
+    pred[8, 0, 0] = 1  # under the ignore label: counts nowhere
+    regions = [1, 2, 3, 4, 5, (1, 2)]
+    got = label_surface_metrics(ref, pred, spacing, 1.0, regions, 9, 10)
+    keep = ref != 9
+    for r in regions:
+        members = list(r) if isinstance(r, tuple) else [r]
+        a, b = np.isin(ref, members), np.isin(pred, members) & keep
+        if not a.any() and not b.any():
+            assert all(math.isnan(v) for v in got[r].values()), r
+        elif a.any() != b.any():
+            assert got[r] == {"HD95": math.inf, "ASSD": math.inf, "NSD": 0.0}, r
+        else:
+            expected = _brute_force(a, b, spacing, 1.0)
+            for k in ("HD95", "ASSD", "NSD"):
+                assert got[r][k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12), (r, k)
+
+
+def test_native_label_boxes_equal_numpy():
+    from fastseg._native import cpu
+
+    rng = np.random.default_rng(11)
+    seg = np.zeros((7, 9, 11), np.int16)
+    seg[1:3, 2:6, 4:5] = 1
+    seg[6, 8, 10] = 2
+    seg[rng.random(seg.shape) < 0.01] = 4
+    seg[0, 0, 0] = -3  # outside 0..size: ignored
+    boxes = cpu().label_boxes(seg, 6)
+    for label in range(6):
+        where = np.argwhere(seg == label)
+        if len(where) == 0:
+            assert boxes[label, 0] >= boxes[label, 3], label
+        else:
+            assert boxes[label].tolist() == [*where.min(0), *(where.max(0) + 1)], label
+
+
 def test_surface_metric_conventions_for_empty_masks_and_2d():
     from fastseg.evaluate.surface import border, surface_metrics
 

@@ -76,15 +76,11 @@ def score_arrays(
     scored = [tuple(r) if isinstance(r, list) else r for r in labels_or_regions]
     metrics = metrics_from_confusion(counts, scored, ignore_label)
     if tolerance is not None:
-        from fastseg.evaluate.surface import surface_metrics
+        from fastseg.evaluate.surface import label_surface_metrics
 
-        keep = ref[0] != ignore_label if ignore_label is not None else None
+        surface = label_surface_metrics(ref[0], pred[0], [float(v) for v in spacing], tolerance, scored, ignore_label, size)
         for r in scored:
-            members = list(r) if isinstance(r, tuple) else [r]
-            ref_mask, pred_mask = np.isin(ref[0], members), np.isin(pred[0], members)
-            if keep is not None:
-                pred_mask &= keep  # voxels under the ignore label count nowhere
-            metrics[r].update(surface_metrics(ref_mask, pred_mask, [float(v) for v in spacing], tolerance))
+            metrics[r].update(surface[r])
     return metrics
 
 

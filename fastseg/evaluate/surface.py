@@ -8,8 +8,13 @@
     ASSD        = mean of a and b together
     NSD(tau)    = (#{a <= tau} + #{b <= tau}) / (len(a) + len(b))
 
-The distances come from exact anisotropic Euclidean distance transforms (the `edt` package, the
-same family as cc3d) of the complement of each border, read at the other border's voxels.
+The distances are exact nearest-neighbour distances between the two sets of border voxels (in mm,
+the voxel indices scaled by the spacing), from k-d trees of the border points (scipy's cKDTree).
+Their cost grows with the number of border voxels, not with the image: on 256^3 CT label maps
+they took 10-75 ms a label where exact Euclidean distance transforms of the whole image (the
+`edt` package) took 1.1-1.5 s. `label_surface_metrics` computes them for each label or region of
+a case on the bounding box of the label in both maps (one native pass finds every label's box),
+widened by a voxel so that the box's own faces do not pass for the image's edge.
 
 Empty masks: absent from both -> NaN for all three (left out of the means, as nnU-Net leaves out
 Dice of absent classes); present in exactly one -> HD95 = ASSD = inf (there is no surface to be
@@ -49,13 +54,14 @@ def border(mask: np.ndarray) -> np.ndarray:
 def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(a: prediction border -> reference border, b: reference border -> prediction border) in mm;
     both masks must be non-empty."""
-    import edt
+    from scipy.spatial import cKDTree
 
-    spacing = tuple(float(s) for s in spacing)
-    ref_border, pred_border = border(reference), border(prediction)
-    to_ref = edt.edt(np.ascontiguousarray(~ref_border), anisotropy=spacing, black_border=False)
-    to_pred = edt.edt(np.ascontiguousarray(~pred_border), anisotropy=spacing, black_border=False)
-    return to_ref[pred_border].astype(np.float64), to_pred[ref_border].astype(np.float64)
+    scale = np.asarray([float(s) for s in spacing])
+    ref_points = np.argwhere(border(reference)) * scale
+    pred_points = np.argwhere(border(prediction)) * scale
+    to_ref = cKDTree(ref_points).query(pred_points, workers=1)[0]
+    to_pred = cKDTree(pred_points).query(ref_points, workers=1)[0]
+    return to_ref.astype(np.float64), to_pred.astype(np.float64)
 
 
 def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> dict[str, float]:
@@ -78,3 +84,36 @@ def surface_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequ
     assd = float(np.concatenate([a, b]).mean())
     nsd = float((np.count_nonzero(a <= tolerance_mm) + np.count_nonzero(b <= tolerance_mm)) / (a.size + b.size))
     return {"HD95": hd95, "ASSD": assd, "NSD": nsd}
+
+
+def label_surface_metrics(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing: Sequence[float],
+    tolerance_mm: float,
+    labels_or_regions: Sequence[int | tuple[int, ...]],
+    ignore_label: int | None,
+    size: int,
+) -> dict:
+    """`surface_metrics` of each label or region of two label maps (z, y, x), each on the
+    bounding box of the label or region in both maps; voxels under the ignore label of the
+    reference count in no prediction mask. `size`: labels are in [0, size)."""
+    from fastseg._native import cpu
+
+    ref = np.ascontiguousarray(reference)
+    pred = np.ascontiguousarray(prediction)
+    boxes = np.concatenate([cpu().label_boxes(ref, size), cpu().label_boxes(pred, size)])
+    out = {}
+    for r in labels_or_regions:
+        members = list(r) if isinstance(r, tuple) else [int(r)]
+        rows = boxes[[m for m in members if 0 <= m < size] + [size + m for m in members if 0 <= m < size]]
+        starts, stops = rows[:, :3].min(axis=0), rows[:, 3:].max(axis=0)
+        if np.any(starts >= stops):  # in neither map
+            out[r] = dict.fromkeys(SURFACE_METRICS, float("nan"))
+            continue
+        box = tuple(slice(max(int(a) - 1, 0), min(int(b) + 1, n)) for a, b, n in zip(starts, stops, ref.shape))
+        ref_mask, pred_mask = np.isin(ref[box], members), np.isin(pred[box], members)
+        if ignore_label is not None:
+            pred_mask &= ref[box] != ignore_label
+        out[r] = surface_metrics(ref_mask, pred_mask, spacing, tolerance_mm)
+    return out
