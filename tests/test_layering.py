@@ -8,7 +8,7 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.io, fastseg.ops                                              files; kernels
     fastseg.plan, fastseg.datasets                                       planning; converters
     fastseg.preprocess                                                   reads plans
-    fastseg.workflow, fastseg.predict                                    verify -> plan -> preprocess; prediction
+    fastseg.workflow, fastseg.predict, fastseg.data                      verify -> plan -> preprocess; prediction; training batches
     fastseg.evaluate                                                     scoring, postprocessing selection, ensembles
     fastseg.benchmark                                                    fastseg beside nnU-Net
     fastseg.commands, fastseg.cli                                        the command line
@@ -39,6 +39,7 @@ RANK = {
     "fastseg.preprocess": 5,
     "fastseg.workflow": 6,
     "fastseg.predict": 6,
+    "fastseg.data": 6,
     "fastseg.evaluate": 7,
     "fastseg.benchmark": 8,
     "fastseg.commands": 9,
