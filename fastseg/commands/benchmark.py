@@ -46,12 +46,31 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
+def run_loader(args: argparse.Namespace) -> int:
+    from fastseg.benchmark.loader import BenchmarkError, benchmark_loader, format_report
+
+    if args.against not in (None, "nnunet"):
+        raise ValueError(f"--against takes 'nnunet', got {args.against!r}")
+    try:
+        result = benchmark_loader(args.work_dir, args.configuration, workers=args.workers, batches=args.batches,
+                                  against_nnunet=args.against == "nnunet")
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(result))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "benchmark",
         help="time fastseg beside nnU-Net on your own data and models",
         description="Runs a stage with fastseg and with nnU-Net on the same data and prints them side by side.",
-        epilog="Example:\n  fastseg benchmark predict -m MODEL_DIR -i imagesTs --against nnunet",
+        epilog=(
+            "Examples:\n  fastseg benchmark predict -m MODEL_DIR -i imagesTs --against nnunet\n"
+            "  fastseg benchmark loader WORK_DIR -c 3d_fullres --against nnunet"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
@@ -87,3 +106,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--work-dir", default=None, metavar="DIR", help="keep the outputs in DIR/fastseg and DIR/nnunet (default: a temporary folder)")
     q.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     q.set_defaults(func=run_predict)
+    q = stages.add_parser(
+        "loader",
+        help="fastseg's training batches beside nnU-Net's data loader and augmentations",
+        description=(
+            "Samples per second of fastseg's training data pipeline (sampling, every default augmentation, "
+            "deep-supervision targets) and, with --against nnunet, of nnU-Net's own (its trainer's nnUNetDataLoader, "
+            "training transforms and augmenter, unchanged, on nnU-Net's preprocessing of the same raw dataset and plans, "
+            "made with nnUNetv2_preprocess into WORK_DIR/.nnunet_reference the first time), with the same worker count; "
+            "and the peak memory of each."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  fastseg benchmark loader work/Dataset001 -c 3d_fullres --against nnunet\n"
+            "  fastseg benchmark loader work/Dataset001 -c 2d --workers 4 --batches 50"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("work_dir", metavar="WORK_DIR", help="work folder of fastseg plan/preprocess")
+    q.add_argument("-c", "--configuration", required=True, metavar="CONFIG", help="a preprocessed configuration")
+    q.add_argument("--workers", type=positive_int, default=2, metavar="W", help="worker processes / threads of each tool (default: 2)")
+    q.add_argument("--batches", type=positive_int, default=20, metavar="N", help="timed batches (default: 20)")
+    q.add_argument("--against", default=None, metavar="nnunet", help="also time nnU-Net's pipeline (needs nnunetv2)")
+    q.set_defaults(func=run_loader)

@@ -1,0 +1,268 @@
+"""Training batches for a trainer: sampling, augmentation, targets, on the training device.
+
+    loader = make_training_loader("work/Dataset001", "3d_fullres", case_ids, device="cuda")
+    for step, (data, targets) in zip(range(250), loader):
+        ...                       # data (B, C, *patch) float32; targets: one tensor per output scale
+    print(loader.stats.wait_fraction)
+    loader.close()
+
+Three stages, each its own module:
+
+1. `fastseg.data.sampling.PatchSampler` reads nnU-Net's patches (foreground oversampling, the
+   larger region that rotation and scaling need, padding) from the memory-mapped preprocessed
+   cases. It runs in DALI's Python worker processes (a parallel external source), each batch seeded
+   by (seed, batch index), so a run is reproducible whatever the number of workers.
+2. `fastseg.data.augment` is a DALI pipeline with nnU-Net's augmentations: on the GPU when the
+   device is CUDA (the patches move there right after reading), on DALI's CPU operators and thread
+   pool otherwise.
+3. `fastseg.data.targets` turns the segmentation into the loss's targets on the device: regions for
+   region-based datasets, then one target per deep-supervision output.
+
+The loader is an endless iterator (a trainer counts its own iterations). It times how long its
+consumer waits for each batch (`stats`): the wait fraction is what tells whether the data pipeline
+keeps up with the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class LoaderError(ValueError):
+    """The loader cannot be built: a configuration that was not preprocessed, unknown cases, bad sizes."""
+
+
+@dataclass
+class LoaderStats:
+    """How the consumer fared: batches delivered, seconds spent waiting for them, seconds in all
+    (from the first request to the last delivery)."""
+
+    batches: int = 0
+    wait_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        """Waiting time over the whole time (0: never waited; 1: only waited)."""
+        return self.wait_seconds / self.total_seconds if self.total_seconds > 0 else 0.0
+
+
+class _BatchSource:
+    """The external source of the DALI pipeline: one sampled batch per call, seeded by (seed, epoch,
+    iteration). Picklable; the sampler (open memory maps) is made in the worker on first use."""
+
+    def __init__(self, folder: str, case_ids: Sequence[str], patch_size: tuple, batch_size: int, seed: int, two_d: bool,
+                 oversample_foreground_percent: float) -> None:
+        self.folder, self.case_ids, self.patch_size = folder, list(case_ids), tuple(patch_size)
+        self.batch_size, self.seed, self.two_d = batch_size, seed, two_d
+        self.oversample = oversample_foreground_percent
+        self._sampler = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sampler": None}
+
+    def __call__(self, info) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        from fastseg.data.sampling import PatchSampler
+
+        if self._sampler is None:
+            self._sampler = PatchSampler(
+                self.folder, self.case_ids, self.patch_size, self.batch_size,
+                oversample_foreground_percent=self.oversample, seed=self.seed, two_d=self.two_d,
+            )
+        rng = np.random.default_rng([self.seed, int(info.epoch_idx), int(info.iteration)])
+        batch = self._sampler.sample_batch(rng)
+        return list(batch.data), list(batch.seg)
+
+
+def _configuration(work_dir: Path, configuration: str) -> tuple[dict, dict, dict]:
+    """(plans, resolved configuration, dataset.json) of a work folder."""
+    from fastseg.plan.plans import resolve_configuration
+
+    plans_file = work_dir / "plans.json"
+    if not plans_file.is_file():
+        raise LoaderError(f"{plans_file} not found; plan the dataset first: fastseg plan RAW -o {work_dir}")
+    plans = json.loads(plans_file.read_text())
+    try:
+        cfg = resolve_configuration(plans, configuration)
+    except ValueError as err:
+        raise LoaderError(f"{plans_file}: {err}") from None
+    dataset_file = work_dir / "dataset.json"
+    dataset_json = json.loads(dataset_file.read_text()) if dataset_file.is_file() else {}
+    return plans, cfg, dataset_json
+
+
+class TrainingLoader:
+    """An endless iterator of `(data, targets)` training (or validation) batches; build it with
+    `make_training_loader`. Close it (or use it as a context manager) to stop the pipeline and its
+    worker processes."""
+
+    def __init__(self, pipeline, *, device: str, scales: list[list[float]] | None, regions: list | None,
+                 ignore_label: int | None, batch_size: int, patch_size: tuple) -> None:
+        self._pipeline = pipeline
+        self.device = device
+        self.scales = scales
+        self.regions = regions
+        self.ignore_label = ignore_label
+        self.batch_size = batch_size
+        self.patch_size = patch_size
+        self.stats = LoaderStats()
+        self._last: float | None = None
+
+    def __iter__(self) -> TrainingLoader:
+        return self
+
+    def __next__(self) -> tuple[Any, list]:
+        if self._pipeline is None:
+            raise StopIteration
+        start = time.perf_counter()
+        if self._last is None:
+            self._last = start
+        data, seg = self._pipeline.run()
+        data_t, seg_t = _to_torch(data, self.device), _to_torch(seg, self.device)
+        targets = self._targets(seg_t)
+        end = time.perf_counter()
+        self.stats.batches += 1
+        self.stats.wait_seconds += end - start
+        self.stats.total_seconds += end - self._last
+        self._last = end
+        return data_t, targets
+
+    def _targets(self, seg) -> list:
+        from fastseg.data.targets import downsample_targets, to_regions
+
+        target = to_regions(seg, self.regions, self.ignore_label) if self.regions else seg
+        return downsample_targets(target, self.scales) if self.scales else [target]
+
+    def close(self) -> None:
+        """Stops the pipeline and its worker processes (idempotent)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            del pipeline
+
+    def __enter__(self) -> TrainingLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _to_torch(tensor_list, device: str):
+    """A dense DALI batch as a torch tensor on `device` (GPU outputs stay on the GPU: no copy to host)."""
+    import torch
+
+    if hasattr(tensor_list, "as_tensor") and type(tensor_list).__name__.endswith("GPU"):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = tensor_list.as_tensor()
+        out = torch.empty(dense.shape(), dtype=_TORCH_DTYPES[str(dense.dtype)], device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+        return out
+    array = tensor_list.as_array()
+    out = torch.from_numpy(np.ascontiguousarray(array))
+    return out if device == "cpu" else out.to(device, non_blocking=True)
+
+
+_TORCH_DTYPES: dict[str, Any] = {}
+
+
+def _fill_dtypes() -> None:
+    import torch
+
+    _TORCH_DTYPES.update({"DALIDataType.FLOAT": torch.float32, "DALIDataType.INT16": torch.int16,
+                          "DALIDataType.INT32": torch.int32, "DALIDataType.UINT8": torch.uint8,
+                          "DALIDataType.INT8": torch.int8, "DALIDataType.INT64": torch.int64})
+
+
+def make_training_loader(
+    work_dir: str | Path,
+    configuration: str,
+    case_ids: Sequence[str],
+    *,
+    device: str = "cpu",
+    workers: int = 2,
+    seed: int = 0,
+    augment: bool = True,
+    batch_size: int | None = None,
+    patch_size: Sequence[int] | None = None,
+    deep_supervision: bool = True,
+    oversample_foreground_percent: float = 0.33,
+    prefetch: int = 2,
+) -> TrainingLoader:
+    """Training (or, with `augment=False`, validation) batches of preprocessed cases.
+
+    Args:
+        work_dir: the work folder of `fastseg plan` / `fastseg preprocess` (plans.json, dataset.json,
+            `<data_identifier>/` of the configuration).
+        configuration: "3d_fullres", "2d", ... (must have been preprocessed).
+        case_ids: the cases to draw from (a fold's training cases).
+        device: "cpu" or "cuda[:k]": where the batches are delivered and, on CUDA, augmented.
+        workers: DALI CPU threads and Python reader processes (default 2).
+        seed: the batches are a function of the seed and their index (default 0).
+        augment: nnU-Net's training augmentations (default True); False gives validation batches
+            (sampling with foreground oversampling, no augmentation).
+        batch_size, patch_size: default: the plans'.
+        deep_supervision: one target per network output scale (default True), else one target.
+        oversample_foreground_percent: nnU-Net's 0.33 by default.
+        prefetch: batches DALI prepares ahead (default 2).
+
+    Returns:
+        A `TrainingLoader`: an endless iterator of (data (B, C, *patch) float32, [target per scale]).
+
+    Raises:
+        LoaderError: no plans, a configuration that was not preprocessed (naming the command to
+            run), unknown case ids, a bad batch or patch size or worker count.
+    """
+    from fastseg.data.augment import AugmentSpec, build_augmentation_pipeline
+    from fastseg.data.sampling import augmentation_setup
+    from fastseg.data.targets import deep_supervision_scales
+    from fastseg.io.labels import LabelSpec
+    from fastseg.preprocess.storage import case_identifiers
+
+    _fill_dtypes()
+    work_dir = Path(work_dir)
+    if workers < 1:
+        raise LoaderError(f"workers must be >= 1, got {workers}")
+    _, cfg, dataset_json = _configuration(work_dir, configuration)
+    folder = work_dir / cfg["data_identifier"]
+    available = set(case_identifiers(folder)) if folder.is_dir() else set()
+    if not available:
+        raise LoaderError(f"{configuration} of {work_dir} is not preprocessed ({folder} holds no cases); "
+                          f"run: fastseg preprocess {work_dir} -c {configuration}")
+    case_ids = list(case_ids)
+    missing = [c for c in case_ids if c not in available]
+    if not case_ids or missing:
+        raise LoaderError(f"cases not preprocessed in {folder}: {', '.join(missing[:10]) or '(none given)'}")
+    patch = tuple(int(p) for p in (patch_size or cfg["patch_size"]))
+    batch = int(batch_size or cfg["batch_size"])
+    if batch < 1 or any(p < 1 for p in patch):
+        raise LoaderError(f"batch size and patch size must be positive, got {batch} and {patch}")
+    setup = augmentation_setup(patch)
+    read_patch = tuple(setup.initial_patch_size) if augment else patch
+    source = _BatchSource(str(folder), case_ids, read_patch, batch, seed, len(patch) == 2, oversample_foreground_percent)
+    spec = AugmentSpec(patch_size=patch, rotation=tuple(setup.rotation), dummy_2d=setup.dummy_2d,
+                       mirror_axes=tuple(setup.mirror_axes), augment=augment)
+    device_id = None
+    if device.startswith("cuda"):
+        device_id = int(device.partition(":")[2] or 0)
+    pipeline = build_augmentation_pipeline(source, spec, batch, num_threads=workers, device_id=device_id, seed=seed,
+                                           prefetch_queue_depth=prefetch, py_workers=workers)
+    spec_labels = LabelSpec.from_json(dataset_json.get("labels", {}), dataset_json.get("regions_class_order")) if dataset_json else None
+    regions = list(spec_labels.regions) if spec_labels is not None and spec_labels.has_regions else None
+    ignore = spec_labels.ignore_label if spec_labels is not None else None
+    scales = deep_supervision_scales(cfg) if deep_supervision else None
+    logger.debug("loader: %s, batch %d, patch %s (reading %s), device %s", configuration, batch, patch, read_patch, device)
+    return TrainingLoader(pipeline, device=device, scales=scales, regions=regions, ignore_label=ignore if regions else None,
+                          batch_size=batch, patch_size=patch)
