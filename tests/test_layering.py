@@ -10,6 +10,7 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.preprocess                                                   reads plans
     fastseg.workflow, fastseg.predict, fastseg.data                      verify -> plan -> preprocess; prediction; training batches
     fastseg.evaluate                                                     scoring, postprocessing selection, ensembles
+    fastseg.train                                                        training (final validation predicts and scores)
     fastseg.benchmark                                                    fastseg beside nnU-Net
     fastseg.commands, fastseg.cli                                        the command line
 
@@ -41,9 +42,10 @@ RANK = {
     "fastseg.predict": 6,
     "fastseg.data": 6,
     "fastseg.evaluate": 7,
-    "fastseg.benchmark": 8,
-    "fastseg.commands": 9,
-    "fastseg.cli": 10,
+    "fastseg.train": 8,
+    "fastseg.benchmark": 9,
+    "fastseg.commands": 10,
+    "fastseg.cli": 11,
 }
 
 
