@@ -100,13 +100,16 @@ def _key(label_or_region: LabelOrRegion) -> str:
     return str(label_or_region)
 
 
-def _matched_files(pred_dir: Path, ref_dir: Path, file_ending: str) -> list[str]:
+def _matched_files(pred_dir: Path, ref_dir: Path, file_ending: str, cases: Sequence[str] | None = None) -> list[str]:
     def names(folder: Path) -> set[str]:
         if not folder.is_dir():
             raise FileNotFoundError(f"folder {folder} not found")
         return {p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
 
     pred, ref = names(pred_dir), names(ref_dir)
+    if cases is not None:  # only these cases, on both sides
+        wanted = {f"{c}{file_ending}" for c in cases}
+        pred, ref = pred & wanted, ref & wanted
     if not pred:
         raise ValueError(f"{pred_dir} holds no {file_ending} predictions")
     problems = []
@@ -152,6 +155,7 @@ def evaluate_folders(
     num_processes: int | None = None,
     progress: bool | None = None,
     nsd_tolerance_mm: float | None = None,
+    cases: Sequence[str] | None = None,
 ) -> dict:
     """Scores every prediction against its reference.
 
@@ -164,6 +168,8 @@ def evaluate_folders(
         progress: a progress bar; None: only when stderr is a terminal.
         nsd_tolerance_mm: also compute HD95, ASSD and NSD at this tolerance (`fastseg.evaluate.surface`),
             as extra keys beside nnU-Net's; None (default): overlap metrics only.
+        cases: score only these case identifiers (both folders must hold them); None (default):
+            every file of both folders.
 
     Returns:
         The summary, with int / tuple keys (`to_json` gives nnU-Net's string keys).
@@ -179,7 +185,7 @@ def evaluate_folders(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     labels_or_regions, ignore = labels_to_score(dataset_json)
     ending = dataset_json.get("file_ending", ".nii.gz")
-    names = _matched_files(pred_dir, ref_dir, ending)
+    names = _matched_files(pred_dir, ref_dir, ending, cases)
     values = [v for r in labels_or_regions for v in (r if isinstance(r, tuple) else (r,))] + [0]
     size = max(values + ([ignore] if ignore is not None else [])) + 1
     if nsd_tolerance_mm is not None and not nsd_tolerance_mm >= 0:
