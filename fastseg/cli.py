@@ -16,7 +16,7 @@ import fastseg
 #: Subcommand modules under fastseg.commands, in the order `fastseg --help` lists them.
 COMMANDS = (
     "info", "verify", "convert", "plan", "preprocess", "predict", "evaluate", "overlay", "ensemble", "find-postprocessing",
-    "find-best", "benchmark", "demo",
+    "find-best", "train", "benchmark", "demo",
 )
 
 

@@ -61,9 +61,10 @@ class _BatchSource:
     """The external source of the DALI pipeline: one sampled batch per call, seeded by (seed, epoch,
     iteration). Picklable; the sampler (open memory maps) is made in the worker on first use."""
 
-    def __init__(self, folder: str, case_ids: Sequence[str], patch_size: tuple, batch_size: int, seed: int, two_d: bool,
-                 oversample_foreground_percent: float) -> None:
+    def __init__(self, folder: str, case_ids: Sequence[str], patch_size: tuple, final_patch_size: tuple, batch_size: int,
+                 seed: int, two_d: bool, oversample_foreground_percent: float) -> None:
         self.folder, self.case_ids, self.patch_size = folder, list(case_ids), tuple(patch_size)
+        self.final_patch_size = tuple(final_patch_size)
         self.batch_size, self.seed, self.two_d = batch_size, seed, two_d
         self.oversample = oversample_foreground_percent
         self._sampler = None
@@ -76,7 +77,7 @@ class _BatchSource:
 
         if self._sampler is None:
             self._sampler = PatchSampler(
-                self.folder, self.case_ids, self.patch_size, self.batch_size,
+                self.folder, self.case_ids, self.patch_size, self.batch_size, final_patch_size=self.final_patch_size,
                 oversample_foreground_percent=self.oversample, seed=self.seed, two_d=self.two_d,
             )
         rng = np.random.default_rng([self.seed, int(info.epoch_idx), int(info.iteration)])
@@ -251,7 +252,7 @@ def make_training_loader(
         raise LoaderError(f"batch size and patch size must be positive, got {batch} and {patch}")
     setup = augmentation_setup(patch)
     read_patch = tuple(setup.initial_patch_size) if augment else patch
-    source = _BatchSource(str(folder), case_ids, read_patch, batch, seed, len(patch) == 2, oversample_foreground_percent)
+    source = _BatchSource(str(folder), case_ids, read_patch, patch, batch, seed, len(patch) == 2, oversample_foreground_percent)
     spec = AugmentSpec(patch_size=patch, rotation=tuple(setup.rotation), dummy_2d=setup.dummy_2d,
                        mirror_axes=tuple(setup.mirror_axes), augment=augment)
     device_id = None
