@@ -272,8 +272,13 @@ def train(
     if not all_cases:
         raise TrainingError(f"{configuration} is not preprocessed ({data_folder} holds no cases); "
                             f"run: fastseg preprocess {work_dir} -c {configuration}")
-    splits = load_or_make_splits(work_dir / "splits_final.json", all_cases)
-    train_ids, val_ids = fold_cases(splits, fold)
+    try:
+        if fold == "all":  # nnU-Net's fold "all": every case trains and validates
+            train_ids, val_ids = list(all_cases), list(all_cases)
+        else:
+            train_ids, val_ids = fold_cases(load_or_make_splits(work_dir / "splits_final.json", all_cases), fold)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     spec = LabelSpec.from_json(dataset_json["labels"], dataset_json.get("regions_class_order"))
     regions = list(spec.regions) if spec.has_regions else None
     num_outputs = len(regions) if regions else len(spec.all_labels)
