@@ -80,7 +80,8 @@ class _BatchSource:
                 self.folder, self.case_ids, self.patch_size, self.batch_size, final_patch_size=self.final_patch_size,
                 oversample_foreground_percent=self.oversample, seed=self.seed, two_d=self.two_d,
             )
-        rng = np.random.default_rng([self.seed, int(info.epoch_idx), int(info.iteration)])
+        iteration = int(getattr(info, "iteration", info))  # DALI passes a BatchInfo or the iteration number
+        rng = np.random.default_rng([self.seed, int(getattr(info, "epoch_idx", 0)), iteration])
         batch = self._sampler.sample_batch(rng)
         return list(batch.data), list(batch.seg)
 
@@ -259,7 +260,7 @@ def make_training_loader(
     if device.startswith("cuda"):
         device_id = int(device.partition(":")[2] or 0)
     pipeline = build_augmentation_pipeline(source, spec, batch, num_threads=workers, device_id=device_id, seed=seed,
-                                           prefetch_queue_depth=prefetch, py_workers=workers)
+                                           prefetch_queue_depth=prefetch)
     spec_labels = LabelSpec.from_json(dataset_json.get("labels", {}), dataset_json.get("regions_class_order")) if dataset_json else None
     regions = list(spec_labels.regions) if spec_labels is not None and spec_labels.has_regions else None
     ignore = spec_labels.ignore_label if spec_labels is not None else None
