@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  fastseg train work/Dataset001 -c 3d_fullres -f 0\n"
             "  fastseg train work/Dataset001 -c 2d -f all --epochs 100 --device cuda\n"
             "  fastseg train work/Dataset001 -c 3d_fullres -f 0 --resume\n"
-            "  torchrun --nproc_per_node 2 $(which fastseg) train work/Dataset001 -c 3d_fullres -f 0 --device cuda"
+            "  torchrun --nproc_per_node 2 -m fastseg.cli train work/Dataset001 -c 3d_fullres -f 0 --device cuda"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -223,9 +223,10 @@ class DiceBCELoss(nn.Module):
         return self.weight_ce * bce + self.weight_dice * dice
 
 
-def deep_supervision_weights(num_outputs: int) -> list[float]:
+def deep_supervision_weights(num_outputs: int, coarsest_weight: float = 0.0) -> list[float]:
     """nnU-Net's weights of the deep-supervision outputs, full resolution first: 1/2^i, the last
-    (coarsest) set to 0, normalized to sum 1; e.g. 4 outputs -> [4/7, 2/7, 1/7, 0].
+    (coarsest) set to `coarsest_weight` (0: nnU-Net's default), normalized to sum 1; e.g. 4 outputs ->
+    [4/7, 2/7, 1/7, 0].
 
     Raises:
         ValueError: fewer than 2 outputs (the only output would get weight 0).
@@ -236,7 +237,7 @@ def deep_supervision_weights(num_outputs: int) -> list[float]:
             "build the loss without deep supervision instead"
         )
     weights = np.array([1 / (2**i) for i in range(int(num_outputs))])
-    weights[-1] = 0
+    weights[-1] = coarsest_weight
     return [float(w) for w in weights / weights.sum()]
 
 
@@ -279,7 +280,8 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def build_loss(*, regions: bool, batch_dice: bool, ignore_label: int | None, deep_supervision_outputs: int | None) -> nn.Module:
+def build_loss(*, regions: bool, batch_dice: bool, ignore_label: int | None, deep_supervision_outputs: int | None,
+               coarsest_weight: float = 0.0) -> nn.Module:
     """nnU-Net's training loss for a configuration (its `nnUNetTrainer._build_loss`).
 
     Args:
@@ -288,6 +290,8 @@ def build_loss(*, regions: bool, batch_dice: bool, ignore_label: int | None, dee
         ignore_label: the dataset's ignore label, or None.
         deep_supervision_outputs: the number of network outputs (deep-supervision scales, full
             resolution included), or None for a network without deep supervision.
+        coarsest_weight: the coarsest output's weight before normalization (default 0, nnU-Net's;
+            nnU-Net uses 1e-6 under DDP, where an unused output's parameters would stop DDP).
 
     Returns:
         A module called as loss(outputs, targets): with deep supervision, lists of tensors full
@@ -300,4 +304,4 @@ def build_loss(*, regions: bool, batch_dice: bool, ignore_label: int | None, dee
         loss = DiceCELoss(batch_dice=batch_dice, ignore_label=ignore_label)
     if deep_supervision_outputs is None:
         return loss
-    return DeepSupervisionLoss(loss, deep_supervision_weights(deep_supervision_outputs))
+    return DeepSupervisionLoss(loss, deep_supervision_weights(deep_supervision_outputs, coarsest_weight))

@@ -311,7 +311,8 @@ def train(
     schedule = PolyLR(optimizer, config.initial_lr, config.epochs)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     loss_fn = build_loss(regions=regions is not None, batch_dice=bool(cfg.get("batch_dice", True)),
-                         ignore_label=spec.ignore_label, deep_supervision_outputs=len(scales))
+                         ignore_label=spec.ignore_label, deep_supervision_outputs=len(scales),
+                         coarsest_weight=1e-6 if distributed.active and not config.compile else 0.0)  # as nnU-Net under DDP
     logbook, best_ema, start_epoch = Logbook(), None, 0
     if checkpoint is not None:
         network.load_state_dict(network_state(checkpoint))
