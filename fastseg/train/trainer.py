@@ -278,7 +278,7 @@ def train(
         else:
             train_ids, val_ids = fold_cases(load_or_make_splits(work_dir / "splits_final.json", all_cases), fold)
     except ValueError as err:
-        raise TrainingError(str(err)) from None
+        raise TrainingError(f"{work_dir / 'splits_final.json'}: {err}") from None
     spec = LabelSpec.from_json(dataset_json["labels"], dataset_json.get("regions_class_order"))
     regions = list(spec.regions) if spec.has_regions else None
     num_outputs = len(regions) if regions else len(spec.all_labels)

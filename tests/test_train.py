@@ -1,0 +1,142 @@
+"""`fastseg train` end to end on a tiny synthetic dataset: loss goes down, exact resume after a kill,
+nnU-Net's predictor runs the model folder, DDP with 2 gloo processes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import fastseg_script, planned_dataset
+
+from fastseg.train.checkpoint import load_checkpoint, network_state
+
+SMALL = ["--iterations-per-epoch", "3", "--val-iterations", "2", "--workers", "1"]
+MODEL = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    raw, work = planned_dataset(tmp_path_factory.mktemp("train"), preprocess_3d_fullres=True)
+    return raw, work
+
+
+def _train(work: Path, *args, env=None, check=True):
+    run = subprocess.run([fastseg_script(), "train", str(work), "-c", "3d_fullres", *args], capture_output=True,
+                         text=True, env=env, timeout=600)
+    if check:
+        assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def _copy(work: Path, dest: Path) -> Path:
+    shutil.copytree(work, dest, ignore=shutil.ignore_patterns("results"))
+    source = json.loads((dest / "source.json").read_text())
+    (dest / "source.json").write_text(json.dumps(source))
+    return dest
+
+
+def test_training_lowers_the_loss_and_writes_an_nnunet_model_folder(work, tmp_path):
+    raw, work = work
+    w = _copy(work, tmp_path / "w")
+    _train(w, "-f", "all", "--epochs", "4", *SMALL)
+    folder = w / "results" / MODEL
+    fold = folder / "fold_all"
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        assert (folder / name).is_file()
+    assert {p.name for p in fold.iterdir()} >= {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "training_log.txt",
+                                                  "validation"}
+    assert not (fold / "checkpoint_latest.pth").exists()
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch", "init_args",
+            "trainer_name", "inference_allowed_mirroring_axes"} <= set(ckpt)
+    assert ckpt["current_epoch"] == 4 and ckpt["trainer_name"] == "nnUNetTrainer"
+    losses = ckpt["logging"]["train_losses"]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 3
+
+    # nnU-Net's own predictor loads the folder (it imports the trainer class by name) and predicts
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"),
+                                verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), ("all",), "checkpoint_final.pth")
+    out = tmp_path / "nnunet_pred"
+    predictor.predict_from_files(str(raw / "imagesTr"), str(out), save_probabilities=False, overwrite=True,
+                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTr").glob("*.nii.gz"))
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(work, tmp_path):
+    _, work = work
+    args = ["-f", "all", "--epochs", "6", "--save-every", "2", "--no-final-validation", *SMALL]
+    whole = _copy(work, tmp_path / "whole")
+    _train(whole, *args)
+
+    broken = _copy(work, tmp_path / "broken")
+    latest = broken / "results" / MODEL / "fold_all" / "checkpoint_latest.pth"
+    proc = subprocess.Popen([fastseg_script(), "train", str(broken), "-c", "3d_fullres", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not latest.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "the run ended before its first checkpoint_latest.pth"
+    assert not (latest.parent / "checkpoint_final.pth").exists()
+    _train(broken, *args, "--resume")
+
+    a = load_checkpoint(whole / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    b = load_checkpoint(broken / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    wa, wb = network_state(a), network_state(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for sa, sb in zip(a["optimizer_state"]["state"].values(), b["optimizer_state"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert a["logging"]["train_losses"] == b["logging"]["train_losses"]
+
+
+def test_ddp_with_two_gloo_processes_follows_the_single_process_run(work, tmp_path):
+    _, work = work
+    args = ["-f", "all", "--epochs", "2", "--no-final-validation", *SMALL]
+    single = _copy(work, tmp_path / "single")
+    _train(single, *args)
+    ddp = _copy(work, tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                          "-m", "fastseg.cli", "train", str(ddp), "-c", "3d_fullres", *args], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a = load_checkpoint(single / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    b = load_checkpoint(ddp / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    la, lb = np.array(a["logging"]["train_losses"]), np.array(b["logging"]["train_losses"])
+    assert lb[-1] < lb[0]
+    np.testing.assert_allclose(lb, la, rtol=0.1)  # other batches (per-rank seeds), the same recipe
+
+
+def test_bad_input_is_a_clear_error_and_nothing_is_overwritten(work, tmp_path):
+    _, work = work
+    w = _copy(work, tmp_path / "bad")
+    run = subprocess.run([fastseg_script(), "train", str(w), "-c", "2d", "-f", "all"], capture_output=True, text=True)
+    assert run.returncode != 0 and "fastseg preprocess" in run.stderr and "Traceback" not in run.stderr
+    cases = ["case_0000", "case_0001", "case_0002"]
+    (w / "splits_final.json").write_text(json.dumps([{"train": cases[:2], "val": cases[2:]}, {"train": cases[1:], "val": cases[:1]}]))
+    run = _train(w, "-f", "3", "--epochs", "1", check=False)
+    assert run.returncode != 0 and "got 3" in run.stderr and "splits_final.json" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    fold = w / "results" / MODEL / "fold_all"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").write_bytes(b"not a checkpoint")
+    run = _train(w, "-f", "all", "--epochs", "1", "--resume", check=False)
+    assert run.returncode != 0 and "checkpoint_latest.pth" in run.stderr and "Traceback" not in run.stderr
+    assert (fold / "checkpoint_latest.pth").read_bytes() == b"not a checkpoint"
+    assert sorted(p.name for p in fold.iterdir()) == ["checkpoint_latest.pth"]
