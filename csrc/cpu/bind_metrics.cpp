@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -130,12 +131,88 @@ py::tuple confusion_matrix(const py::array& ref, const py::array& pred, int64_t 
   return py::make_tuple(out, outside);
 }
 
+// Bounding boxes of every label in [0, size) of a 3D label map (z, y, x), one pass.
+//
+// boxes[l] = (z0, y0, x0, z1, y1, x1), stops exclusive; a label that does not occur has z0 = Z
+// (start past stop). Each thread takes whole z-slices and keeps its own boxes; along a row the
+// voxels come in runs of one label, and a run updates its label's box once. Labels outside
+// [0, size) are ignored (the confusion matrix reports them).
+template <typename T>
+void label_boxes_kernel(const T* seg, int64_t Z, int64_t Y, int64_t X, int64_t size, int64_t* boxes) {
+  const uint64_t limit = static_cast<uint64_t>(size);
+  for (int64_t l = 0; l < size; ++l) {
+    int64_t* b = boxes + 6 * l;
+    b[0] = Z, b[1] = Y, b[2] = X, b[3] = 0, b[4] = 0, b[5] = 0;
+  }
+#pragma omp parallel
+  {
+    std::vector<int64_t> local(static_cast<size_t>(6 * size));
+    for (int64_t l = 0; l < size; ++l) {
+      int64_t* b = local.data() + 6 * l;
+      b[0] = Z, b[1] = Y, b[2] = X, b[3] = 0, b[4] = 0, b[5] = 0;
+    }
+#pragma omp for schedule(static) nowait
+    for (int64_t z = 0; z < Z; ++z) {
+      for (int64_t y = 0; y < Y; ++y) {
+        const T* row = seg + (z * Y + y) * X;
+        int64_t x = 0;
+        while (x < X) {
+          const T value = row[x];
+          int64_t end = x + 1;
+          while (end < X && row[end] == value) ++end;
+          const int64_t l = static_cast<int64_t>(value);
+          if (static_cast<uint64_t>(l) < limit) {
+            int64_t* b = local.data() + 6 * l;
+            b[0] = std::min(b[0], z), b[1] = std::min(b[1], y), b[2] = std::min(b[2], x);
+            b[3] = std::max(b[3], z + 1), b[4] = std::max(b[4], y + 1), b[5] = std::max(b[5], end);
+          }
+          x = end;
+        }
+      }
+    }
+#pragma omp critical
+    for (int64_t l = 0; l < size; ++l) {
+      int64_t* b = boxes + 6 * l;
+      const int64_t* m = local.data() + 6 * l;
+      for (int k = 0; k < 3; ++k) b[k] = std::min(b[k], m[k]), b[k + 3] = std::max(b[k + 3], m[k + 3]);
+    }
+  }
+}
+
+template <typename T>
+bool try_boxes(const py::array& seg, int64_t size, py::array_t<int64_t>& out) {
+  if (!is_type<T>(seg.dtype())) return false;
+  const T* data = static_cast<const T*>(seg.data());
+  const int64_t Z = seg.shape(0), Y = seg.shape(1), X = seg.shape(2);
+  int64_t* boxes = out.mutable_data();
+  py::gil_scoped_release release;
+  label_boxes_kernel(data, Z, Y, X, size, boxes);
+  return true;
+}
+
+// int64 (size, 6): (z0, y0, x0, z1, y1, x1) of each label; z0 = Z for an absent label.
+py::array_t<int64_t> label_boxes(const py::array& seg, int64_t size) {
+  require(size >= 1 && size <= 65536, "size must be in [1, 65536], got " + std::to_string(size));
+  require(seg.ndim() == 3, "label map must be 3D (z, y, x), got shape " + shape_str(seg));
+  require_c_contiguous(seg, "label map");
+  py::array_t<int64_t> out({size, int64_t{6}});
+  const bool done = try_boxes<uint8_t>(seg, size, out) || try_boxes<int8_t>(seg, size, out) ||
+                    try_boxes<uint16_t>(seg, size, out) || try_boxes<int16_t>(seg, size, out) ||
+                    try_boxes<int32_t>(seg, size, out) || try_boxes<uint32_t>(seg, size, out) ||
+                    try_boxes<int64_t>(seg, size, out);
+  require(done, "label maps must be 8-, 16-, 32- or 64-bit integers, got " + dtype_str(seg));
+  return out;
+}
+
 }  // namespace
 
 void register_metrics(py::module_& m) {
   m.def("confusion_matrix", &confusion_matrix, py::arg("reference"), py::arg("prediction"), py::arg("size"),
         "counts[r, p] of voxels with reference label r and predicted label p, and the count of voxels with a "
         "label outside [0, size).");
+  m.def("label_boxes", &label_boxes, py::arg("seg"), py::arg("size"),
+        "(size, 6) int64 bounding boxes (z0, y0, x0, z1, y1, x1) of the labels 0..size-1 of a 3D label map; "
+        "z0 = Z for a label that does not occur.");
 }
 
 }  // namespace fastseg::bind
