@@ -64,6 +64,8 @@ class SyntheticConfig:
         file_ending: default ".nii.gz" for 3D and ".png" for 2D.
         shape_jitter: relative per-case shape variation (default 0.15; z varies twice as much).
         name: dataset.json's name (default "Synthetic").
+        lesion_scale: the lesions' radii relative to the default draw (default 1.0); larger lesions
+            are learned sooner (the demo's short training uses 1.8).
     """
 
     num_cases: int = 10
@@ -78,6 +80,7 @@ class SyntheticConfig:
     file_ending: str | None = None
     shape_jitter: float = 0.15
     name: str = "Synthetic"
+    lesion_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_cases < 1:
@@ -176,7 +179,7 @@ def _drift(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray:
     return amplitude * smooth_field(rng, (n, 1, 1), 3)
 
 
-def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator, lesion_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(seg, tissue, body) for one case: uint8 labels 0..4, uint8 tissue classes, the body mask."""
     coords = [axis_coords(n) for n in shape]
     z, y, x = coords
@@ -224,7 +227,7 @@ def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.
     for _ in range(int(rng.integers(1, 4)) if deep.size else 0):
         idx = np.unravel_index(rng.choice(deep), q_organ.shape)
         lc = tuple(float(c[s][i]) for c, s, i in zip(coords, o_sl, idx))
-        lrad = tuple(r * rng.uniform(0.2, 0.4) for r in orad)
+        lrad = tuple(r * rng.uniform(0.2, 0.4) * lesion_scale for r in orad)
         l_sl, q_l = ellipsoid(coords, lc, lrad, rng.uniform(-1, 1), wobble=0.25, rng=rng)
         view = seg[l_sl]
         view[(q_l < 1) & (view == ORGAN)] = LESION
@@ -340,7 +343,7 @@ def generate_case(config: SyntheticConfig, index: int) -> SyntheticCase:
     """
     rng = np.random.default_rng([config.seed, index])
     shape = _case_shape(config, rng)
-    seg, tissue, body = _anatomy(shape, rng)
+    seg, tissue, body = _anatomy(shape, rng, config.lesion_scale)
     images = []
     eight_bit = reader_for(config.ending).name == "NaturalImage2D"
     for c in range(config.num_channels):

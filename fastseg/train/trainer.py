@@ -66,6 +66,7 @@ class TrainConfig:
     final_validation: bool = True
     save_probabilities: bool = False  # the final validation's .npz (for ensembles and find-best)
     oversample_foreground_percent: float = 0.33
+    batch_size: int | None = None  # None: the plans'
 
     def check(self) -> None:
         for name in ("epochs", "iterations_per_epoch", "save_every", "workers"):
@@ -342,7 +343,7 @@ def train(
             with open(log_file, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {text}\n")
 
-    batch, oversample = _rank_batch(int(cfg["batch_size"]), config.oversample_foreground_percent, distributed)
+    batch, oversample = _rank_batch(int(config.batch_size or cfg["batch_size"]), config.oversample_foreground_percent, distributed)
     mirror_axes = None
     init_args = {"plans": plans, "configuration": configuration, "fold": fold, "dataset_json": dataset_json,
                  "device": str(device)}
