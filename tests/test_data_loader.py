@@ -98,3 +98,16 @@ def test_close_leaves_no_threads(work):
     with pytest.raises(StopIteration):
         next(loader)
     assert threading.active_count() <= before
+
+
+def test_benchmark_loader_against_nnunet(work, capsys):
+    # fastseg's pipeline and nnU-Net's own (its preprocessing made here by nnUNetv2_preprocess) on the same plans
+    from fastseg import cli
+
+    assert cli.main(["benchmark", "loader", str(work), "-c", "3d_fullres", "--against", "nnunet", "--batches", "3",
+                     "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "fastseg" in text and "nnU-Net" in text and "x the samples per second" in text
+    plans = json.loads((work / "plans.json").read_text())
+    ref = work / ".nnunet_reference" / "nnUNet_preprocessed" / plans["dataset_name"] / plans["configurations"]["3d_fullres"]["data_identifier"]
+    assert len(list(ref.glob("*.pkl"))) == 3  # nnU-Net preprocessed every case in its own format
