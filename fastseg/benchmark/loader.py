@@ -117,7 +117,8 @@ def nnunet_reference(work_dir: Path, configuration: str, workers: int, env: dict
             f"'-np', '{workers}']; preprocess_entry()")
     nn_env = {**env, "nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
               "nnUNet_results": str(root / "nnUNet_results")}
-    run = subprocess.run([sys.executable, "-c", code], env=nn_env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code], env=nn_env, capture_output=True, text=True, encoding="utf-8",
+                         errors="replace")
     if run.returncode != 0:
         raise BenchmarkError(f"nnUNetv2_preprocess failed: {run.stderr[-2000:]}")
     marker.write_text("")
