@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     # train (or reuse the model trained with the same settings)
     model_folder = work / "results" / model_folder_name(result.plans, budget.configuration)
     fold_folder = model_folder / "fold_all"
-    stamp = {"budget": dataclasses.asdict(budget), "seed": args.seed, "planner": args.planner, "device": device}
+    stamp = json.loads(json.dumps(  # as it reads back from JSON (tuples become lists)
+        {"budget": dataclasses.asdict(budget), "seed": args.seed, "planner": args.planner, "device": device}))
     t = time.perf_counter()
     if (fold_folder / "checkpoint_final.pth").is_file() and _stamp(out / "demo_model.json") == stamp:
         print(f"reusing the trained model in {model_folder}")
