@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fastseg.commands.plan import positive_int, reports_errors
-
-
-def _dataset_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"--dataset-json {path} not found; give the dataset's dataset.json")
-    try:
-        content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
-        raise ValueError(f"{path} has no 'labels' object; is it a dataset.json?")
-    return content
 
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     from fastseg.evaluate import evaluate_folders, format_table
 
-    dataset_json = _dataset_json(Path(args.dataset_json))
+    from fastseg.evaluate.folder import load_dataset_json
+
+    dataset_json = load_dataset_json(args.dataset_json)
     if args.plot:
         from fastseg.evaluate.plots import check_plot_path
 

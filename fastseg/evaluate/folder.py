@@ -28,6 +28,27 @@ from fastseg.evaluate.metrics import METRICS, LabelOrRegion, confusion_matrix, m
 _SPACING_TOLERANCE = 1e-4  # relative; spacings that differ by more are different grids
 
 
+def load_dataset_json(path: str | Path) -> dict:
+    """A dataset.json file's content, checked to have a `labels` object.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or no `labels` object.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset.json {path} not found; give the dataset's dataset.json")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
+        raise ValueError(f"{path} has no 'labels' object; is it a dataset.json?")
+    return content
+
+
 def labels_to_score(dataset_json: Mapping[str, Any]) -> tuple[list[LabelOrRegion], int | None]:
     """(foreground labels, or regions for region-based datasets; the ignore label) of a dataset.json."""
     from fastseg.io.labels import LabelSpec

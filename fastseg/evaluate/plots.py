@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import math
 import os
 import re
@@ -383,18 +382,6 @@ def overlay_case(job: CaseJob) -> CaseOverlays:
     return done
 
 
-def _read_dataset_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset.json {path} not found; give the dataset's dataset.json")
-    try:
-        content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("labels"), dict):
-        raise ValueError(f"{path} has no 'labels' object; is it a dataset.json?")
-    return content
-
-
 def _segmentations(folder: Path, ending: str | None) -> list[Path]:
     from fastseg.io.formats import SUPPORTED_FILE_ENDINGS, split_ending
 
@@ -470,7 +457,9 @@ def overlay_folder(
     if dataset_json is None and (pred_folder / "dataset.json").is_file():
         dataset_json = pred_folder / "dataset.json"
     if dataset_json is not None and not isinstance(dataset_json, Mapping):
-        dataset_json = _read_dataset_json(Path(dataset_json))
+        from fastseg.evaluate.folder import load_dataset_json
+
+        dataset_json = load_dataset_json(Path(dataset_json))
     classes, names = overlay_classes(dataset_json) if dataset_json is not None else (None, {})
     ending = dataset_json.get("file_ending") if dataset_json is not None else None
     segs = [pred] if pred.is_file() else _segmentations(pred, ending)
