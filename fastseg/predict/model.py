@@ -215,16 +215,26 @@ def build_network(model: ModelFolder, deep_supervision: bool = False) -> Any:
             f"{model.path / 'plans.json'}: configuration {model.configuration!r} has no 'architecture' entry "
             "(plans from nnU-Net v2.4 or later have one)"
         )
+    return network_from_architecture(arch, model.num_input_channels, model.num_outputs, deep_supervision,
+                                     source=str(model.path / "plans.json"))
+
+
+def network_from_architecture(
+    arch: Mapping[str, Any], num_input_channels: int, num_outputs: int, deep_supervision: bool, *, source: str = "the plans"
+) -> Any:
+    """The network a plans' `architecture` entry names (`network_class_name`, `arch_kwargs`, the
+    `_kw_requires_import` classes resolved), untrained and uninitialised. `source` names the plans
+    in errors."""
     kwargs = copy.deepcopy(dict(arch["arch_kwargs"]))
     for key in arch.get("_kw_requires_import", ()):
         if kwargs.get(key) is not None:
             located = _locate(kwargs[key])
             if located is None:
-                raise ModelFolderError(f"{model.path / 'plans.json'}: cannot import {kwargs[key]!r} ({key})")
+                raise ModelFolderError(f"{source}: the architecture names {kwargs[key]!r} ({key}), which cannot be imported")
             kwargs[key] = located
-    kwargs["deep_supervision"] = deep_supervision
+    kwargs["deep_supervision"] = bool(deep_supervision)
     cls = _network_class(arch["network_class_name"])
-    return cls(input_channels=model.num_input_channels, num_classes=model.num_outputs, **kwargs)
+    return cls(input_channels=int(num_input_channels), num_classes=int(num_outputs), **kwargs)
 
 
 def _strip_prefixes(weights: Mapping[str, Any]) -> dict:

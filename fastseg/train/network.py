@@ -15,14 +15,13 @@ weights equal nnU-Net's bit for bit.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from fastseg.plan.plans import resolve_configuration
-from fastseg.predict.model import ModelFolderError, _locate, _network_class
+from fastseg.predict.model import ModelFolderError, network_from_architecture
 
 
 def build_network(
@@ -63,16 +62,8 @@ def build_network(
             f"configuration {name or '(given)'} has no 'architecture' entry (plans from nnU-Net v2.4 or later have one; "
             f"found keys {sorted(config)}); re-plan the dataset with fastseg plan"
         )
-    kwargs = copy.deepcopy(dict(arch["arch_kwargs"]))
-    for key in arch.get("_kw_requires_import", ()):
-        if kwargs.get(key) is not None:
-            located = _locate(kwargs[key])
-            if located is None:
-                raise ModelFolderError(f"the plans' architecture names {kwargs[key]!r} ({key}), which cannot be imported")
-            kwargs[key] = located
-    kwargs["deep_supervision"] = bool(deep_supervision)
-    cls = _network_class(arch["network_class_name"])
-    network = cls(input_channels=int(num_input_channels), num_classes=int(num_outputs), **kwargs)
+    network = network_from_architecture(arch, num_input_channels, num_outputs, deep_supervision,
+                                        source=f"configuration {name or '(given)'}")
     if hasattr(network, "initialize"):
         network.apply(network.initialize)
     return network
