@@ -60,7 +60,8 @@ def export_case(
     if spec.has_regions:
         regions_order = spec.regions_class_order
         if regions_order is None:
-            raise ValueError(f"{model.path / 'dataset.json'}: a region-based dataset needs 'regions_class_order'")
+            where = model.path / "dataset.json" if model.path is not None else "the dataset.json"
+            raise ValueError(f"{where}: a region-based dataset needs 'regions_class_order'")
     result = export_segmentation(
         accumulator,
         shape_after,

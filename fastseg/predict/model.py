@@ -36,7 +36,7 @@ class ModelFolder:
     """What prediction needs from a trained model folder.
 
     Attributes:
-        path: the folder.
+        path: the folder (None for a model built in memory).
         plans: plans.json.
         dataset_json: dataset.json.
         configuration: the configuration the checkpoints were trained for ("3d_fullres", "2d", ...).
@@ -46,7 +46,7 @@ class ModelFolder:
         mirror_axes: spatial axes (0-based) test-time mirroring may flip, from the checkpoint.
     """
 
-    path: Path
+    path: Path | None
     plans: dict
     dataset_json: dict
     configuration: str
@@ -207,16 +207,21 @@ def _network_class(name: str) -> Any:
     return cls
 
 
+def _plans_source(model: ModelFolder) -> str:
+    """Where the model's plans came from, for messages (a model built in memory has no folder)."""
+    return str(model.path / "plans.json") if model.path is not None else "the plans"
+
+
 def build_network(model: ModelFolder, deep_supervision: bool = False) -> Any:
     """The configuration's network (untrained), built from the plans' `architecture` entry."""
     arch = model.config.get("architecture")
     if not arch:
         raise ModelFolderError(
-            f"{model.path / 'plans.json'}: configuration {model.configuration!r} has no 'architecture' entry "
+            f"{_plans_source(model)}: configuration {model.configuration!r} has no 'architecture' entry "
             "(plans from nnU-Net v2.4 or later have one)"
         )
     return network_from_architecture(arch, model.num_input_channels, model.num_outputs, deep_supervision,
-                                     source=str(model.path / "plans.json"))
+                                     source=_plans_source(model))
 
 
 def network_from_architecture(
@@ -262,7 +267,7 @@ def load_networks(model: ModelFolder, device: Any = "cpu") -> list[Any]:
         except RuntimeError as err:
             first = str(err).strip().splitlines()
             raise ModelFolderError(
-                f"{file}: the weights do not fit the network that {model.path / 'plans.json'} describes for "
+                f"{file}: the weights do not fit the network that {_plans_source(model)} describes for "
                 f"{model.configuration!r} ({model.num_input_channels} input channels, {model.num_outputs} outputs): "
                 f"{' '.join(first[:3])}"
             ) from None
