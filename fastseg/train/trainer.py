@@ -2,6 +2,7 @@
 
     model folder  WORK/results/<trainer>__<plans>__<configuration>/   plans.json, dataset.json,
                                                                      dataset_fingerprint.json
+                  (TrainConfig.results_dir replaces WORK/results, e.g. by $nnUNet_results/DatasetXXX_Name)
     fold folder   .../fold_<f>/   checkpoint_{latest,best,final}.pth, training_log.txt, progress.png,
                                   validation/ (final validation: predictions and summary.json)
 
@@ -67,6 +68,7 @@ class TrainConfig:
     save_probabilities: bool = False  # the final validation's .npz (for ensembles and find-best)
     oversample_foreground_percent: float = 0.33
     batch_size: int | None = None  # None: the plans'
+    results_dir: str | None = None  # the model folder's parent; None: WORK/results
 
     def check(self) -> None:
         for name in ("epochs", "iterations_per_epoch", "save_every", "workers"):
@@ -292,7 +294,7 @@ def train(
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     is_main = distributed.rank == 0
 
-    model_folder = work_dir / "results" / model_folder_name(plans, configuration)
+    model_folder = (Path(config.results_dir) if config.results_dir else work_dir / "results") / model_folder_name(plans, configuration)
     fold_folder = model_folder / f"fold_{fold}"
     latest = fold_folder / "checkpoint_latest.pth"
     checkpoint = None
