@@ -1,9 +1,12 @@
-"""`fastseg benchmark`: fastseg beside nnU-Net, stage by stage; `benchmark predict` for prediction."""
+"""`fastseg benchmark`: fastseg beside nnU-Net on a raw dataset, stage by stage in one table
+(`fastseg benchmark RAW_DATASET --against nnunet`), with `benchmark predict` and `benchmark loader`
+as the per-stage subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from fastseg.commands.plan import positive_int, reports_errors
@@ -62,19 +65,136 @@ def run_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stages(text: str) -> tuple[str, ...]:
+    from fastseg.benchmark.stages import parse_stages
+
+    try:
+        return parse_stages(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+@reports_errors
+def run_dataset(args: argparse.Namespace) -> int:
+    import os
+
+    from fastseg.benchmark.stages import BenchmarkError, BenchmarkOptions, format_report, run_benchmark
+
+    if args.against not in (None, "nnunet"):
+        raise ValueError(f"--against takes 'nnunet', got {args.against!r}")
+    options = BenchmarkOptions(
+        stages=args.stages, against_nnunet=args.against == "nnunet", configuration=args.configuration,
+        workers=args.workers, threads=args.threads, batches=args.batches, iterations=args.iterations,
+        model=args.model, folds=tuple(args.folds), cases=args.cases,
+    )
+    try:
+        report = run_benchmark(args.raw_dataset, args.output, options, env=dict(os.environ))
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    failed = report.failed
+    if failed is not None:
+        print(f"error: the {failed.name} stage failed; the stages after it did not run", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _missing_target(parser: argparse.ArgumentParser) -> int:
+    parser.print_usage(sys.stderr)
+    print("error: name a raw dataset (fastseg benchmark RAW_DATASET --against nnunet) or a stage "
+          "(fastseg benchmark predict|loader ...)", file=sys.stderr)
+    return 2
+
+
+_DESCRIPTION = "\n\n".join(textwrap.fill(part, 100) for part in (
+    "Two forms.",
+    "fastseg benchmark RAW_DATASET --against nnunet [--stages ...]: runs each stage of the pipeline (plan, "
+    "preprocess, loader, train, predict, evaluate) with fastseg and with nnU-Net v2 (nnunetv2, as installed) on "
+    "the same raw dataset and plans with the same worker count, and prints one table: per stage the wall time, the "
+    "throughput (cases, samples or iterations per second), the peak memory (PSS summed over each tool's processes) "
+    "and the agreement of the two tools' outputs (plans key by key, preprocessed arrays voxel by voxel, batch "
+    "shapes, segmentations' voxels and Dice, evaluation metrics to 1e-6), with the fastseg / nnU-Net ratios. "
+    "Writes DIR/benchmark.json and the bar chart DIR/benchmark.png (default DIR: "
+    "./fastseg_benchmark/<dataset folder name>). nnU-Net reads the dataset as DatasetXXX_Name: a raw folder named "
+    "otherwise is benchmarked as Dataset999_<name>. predict needs a model folder (-m); without one it is skipped.",
+    "fastseg benchmark STAGE ...: one stage on its own inputs (STAGE: predict, loader); "
+    "`fastseg benchmark STAGE --help` for its options.",
+))
+_EPILOG = (
+    "Examples:\n"
+    "  fastseg benchmark /data/nnUNet_raw/Dataset001_Heart --against nnunet --stages plan,preprocess\n"
+    "  fastseg benchmark /data/nnUNet_raw/Dataset001_Heart --against nnunet -c 2d -j 4 -o bench/heart\n"
+    "  fastseg benchmark /data/nnUNet_raw/Dataset001_Heart --against nnunet --stages predict,evaluate -m MODEL_DIR\n"
+    "  fastseg benchmark predict -m MODEL_DIR -i imagesTs --against nnunet\n"
+    "  fastseg benchmark loader WORK_DIR -c 3d_fullres --against nnunet"
+)
+
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """The options of `fastseg benchmark RAW_DATASET` (on the benchmark parser, for its help and
+    for options given before RAW_DATASET, and on the parser of what follows RAW_DATASET)."""
+    from fastseg.benchmark.stages import STAGES
+
+    g = p.add_argument_group("options of fastseg benchmark RAW_DATASET")
+    g.add_argument("--against", default=None, metavar="nnunet", help="also run nnU-Net v2 (needs nnunetv2); without it, fastseg alone")
+    g.add_argument("--stages", type=_stages, default=STAGES, metavar="LIST",
+                   help=f"comma-separated stages, run in pipeline order (default: {','.join(STAGES)})")
+    g.add_argument("-c", "--configuration", default=None, metavar="CONFIG",
+                   help="configuration to preprocess, load and train (default: 3d_fullres, or 2d without it)")
+    g.add_argument("-o", "--output", default=None, metavar="DIR", help="output folder (default: ./fastseg_benchmark/<dataset>)")
+    g.add_argument("-j", "--workers", type=positive_int, default=None, metavar="N",
+                   help="worker processes of each tool (default: the usable CPUs)")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch threads of each tool in train and predict (default: the usable CPUs)")
+    g.add_argument("-m", "--model", default=None, metavar="MODEL_DIR", help="model folder for the predict stage (fastseg's or nnU-Net's)")
+    g.add_argument("-f", "--folds", nargs="+", type=_fold, default=["0"], metavar="FOLD", help="its folds (default: 0)")
+    g.add_argument("--cases", type=positive_int, default=None, metavar="N",
+                   help="cases to predict and score (default: all of imagesTs; without imagesTs the first 5 of imagesTr)")
+    g.add_argument("--batches", type=positive_int, default=20, metavar="N", help="timed loader batches (default: 20)")
+    g.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="timed training iterations (default: 10)")
+
+
+class _StageOrDataset(argparse._SubParsersAction):
+    """The benchmark's subcommands, where a first word that names no stage is the RAW_DATASET of
+    the umbrella form: what follows it is parsed by `dataset_options` (argparse cannot otherwise
+    take a positional argument beside subcommands)."""
+
+    dataset_options: argparse.ArgumentParser
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = None  # any first word passes argparse's check; __call__ tells the two forms apart
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] in self._name_parser_map:
+            return super().__call__(parser, namespace, values, option_string)
+        setattr(namespace, self.dest, None)
+        namespace.raw_dataset = values[0]
+        self.dataset_options.parse_args(values[1:], namespace)
+        namespace.func = run_dataset
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "benchmark",
         help="time fastseg beside nnU-Net on your own data and models",
-        description="Runs a stage with fastseg and with nnU-Net on the same data and prints them side by side.",
-        epilog=(
-            "Examples:\n  fastseg benchmark predict -m MODEL_DIR -i imagesTs --against nnunet\n"
-            "  fastseg benchmark loader WORK_DIR -c 3d_fullres --against nnunet"
-        ),
+        usage="%(prog)s RAW_DATASET --against nnunet [--stages LIST] [-c CONFIG] [-o DIR] [-j N] [-m MODEL_DIR] ...\n"
+              "       %(prog)s {predict,loader} ...",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    stages = p.add_subparsers(dest="stage", metavar="STAGE")
-    p.set_defaults(func=lambda args: p.print_help() or 2)
+    _add_dataset_options(p)
+    after = argparse.ArgumentParser(
+        prog=f"{p.prog} RAW_DATASET", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_dataset_options(after)
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", action=_StageOrDataset,
+                              title="stages on their own (or RAW_DATASET, for every stage)")
+    stages.dataset_options = after
+    p.set_defaults(func=lambda args: _missing_target(p))
     q = stages.add_parser(
         "predict",
         help="fastseg predict beside nnUNetv2_predict_from_modelfolder",
