@@ -7,14 +7,16 @@ import os
 from pathlib import Path
 
 from fastseg.commands.find_postprocessing import reference_folder
-from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.plan import add_dataset_option, folder_or_dataset, positive_int, reports_errors
 
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
     from fastseg.evaluate.selection import DEFAULT_CONFIGURATIONS, find_best_configuration, model_identifier, summary_lines
 
-    root = Path(args.results_root)
+    from fastseg.datasets.nnunet_paths import RESULTS
+
+    root = Path(folder_or_dataset(args, args.results_root, "RESULTS_ROOT", RESULTS))
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} not found; give the dataset's results folder (nnUNet_results/DatasetXXX_Name)")
     configurations = args.configurations or DEFAULT_CONFIGURATIONS
@@ -50,17 +52,20 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--no-ensembling, every pair of them (ensembled fold by fold from the validation probabilities), scores the "
             "cross-validation predictions (foreground mean Dice), picks the best, decides its postprocessing and prints "
             "the commands to predict with it. Writes inference_information.json (nnU-Net's format) and "
-            "inference_instructions.txt into RESULTS_ROOT."
+            "inference_instructions.txt into RESULTS_ROOT. With -d ID, RESULTS_ROOT is $nnUNet_results/DatasetXXX_Name."
         ),
         epilog=(
             "Examples:\n"
             "  fastseg find-best nnUNet_results/Dataset001_Heart -c 2d 3d_fullres\n"
+            "  fastseg find-best -d 1 -c 2d 3d_fullres      (nnUNet_results set)\n"
             "  fastseg find-best RESULTS_ROOT -c 3d_fullres -f 0 1 2 3 4 --ref raw/Dataset001_Heart/labelsTr --no-ensembling\n"
             "References default to $nnUNet_raw/<dataset>/labelsTr (or $nnUNet_preprocessed/<dataset>/gt_segmentations)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("results_root", metavar="RESULTS_ROOT", help="the dataset's results folder, holding the model folders")
+    p.add_argument("results_root", nargs="?", default=None, metavar="RESULTS_ROOT",
+                   help="the dataset's results folder, holding the model folders")
+    add_dataset_option(p, "RESULTS_ROOT")
     p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
                    help="configurations to compare (default: those of 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres that were trained)")
     p.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainer"], metavar="TRAINER", help="trainer names (default: nnUNetTrainer)")

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.plan import add_model_options, dataset_model_folder, positive_int, reports_errors
 
 
 def reference_folder(model_or_predictions: Path, given: str | None, env: dict) -> Path:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.evaluate.crossval import merge_validation, validated_folds
     from fastseg.evaluate.postprocessing import find_postprocessing
 
-    folder = Path(args.folder)
+    folder = dataset_model_folder(args, args.folder, "FOLDER")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} not found")
     model = folder if validated_folds(folder) or args.folds else None
@@ -82,18 +82,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             "rises). FOLDER is a trained model folder (its folds' validation predictions are gathered into "
             "crossval_results_folds_<folds>/ first, as nnU-Net does) or a folder of predictions. Writes "
             "postprocessing.pkl (nnU-Net's format), postprocessing.json and postprocessed/ with the postprocessed "
-            "predictions and their summary.json."
+            "predictions and their summary.json. With -d ID -c CONFIG, FOLDER is the model folder "
+            "$nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>."
         ),
         epilog=(
             "Examples:\n"
             "  fastseg find-postprocessing results/Dataset001_Heart/nnUNetTrainer__nnUNetPlans__3d_fullres\n"
             "  fastseg find-postprocessing MODEL_FOLDER -f 0 1 2 3 4 --ref raw/Dataset001_Heart/labelsTr -j 4\n"
+            "  fastseg find-postprocessing -d 1 -c 3d_fullres      (nnUNet_results set)\n"
             "  fastseg find-postprocessing cv_predictions/ --ref labelsTr/ --dataset-json dataset.json\n"
             "References default to $nnUNet_raw/<dataset>/labelsTr (or $nnUNet_preprocessed/<dataset>/gt_segmentations)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("folder", metavar="FOLDER", help="trained model folder, or a folder of cross-validation predictions")
+    p.add_argument("folder", nargs="?", default=None, metavar="FOLDER",
+                   help="trained model folder, or a folder of cross-validation predictions")
+    add_model_options(p, "FOLDER")
     p.add_argument("--ref", default=None, metavar="LABELS_DIR", help="reference segmentations (the same file names)")
     p.add_argument("-f", "--folds", type=int, nargs="+", default=None, metavar="K",
                    help="folds of a model folder (default: every fold with validation predictions)")

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.plan import add_model_options, dataset_model_folder, positive_int, reports_errors
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         retain_freed_memory()  # the forward passes reuse their buffers instead of mapping them anew
     try:
         predictor = Predictor.from_model_folder(
-            args.model,
+            dataset_model_folder(args, args.model, "-m MODEL_DIR"),
             folds,
             args.device,
             checkpoint=args.checkpoint,
@@ -119,17 +119,20 @@ def register(sub: argparse._SubParsersAction) -> None:
             "fastseg: the network is built from plans.json. Each case is preprocessed as the plans say, predicted "
             "with a Gaussian-weighted sliding window and mirror test-time augmentation, resampled back and written "
             "with the input's geometry. A case that cannot be read is reported and skipped; the exit status is 1 "
-            "when any case failed."
+            "when any case failed. With -d ID -c CONFIG the model folder is the one nnU-Net's commands use, "
+            "$nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>."
         ),
         epilog=(
             "Examples:\n"
             "  fastseg predict -m results/Dataset001_Heart/nnUNetTrainer__nnUNetPlans__3d_fullres -i imagesTs -o pred\n"
             "  fastseg predict -m MODEL -i imagesTs -o pred -f 0 1 2 3 4 --save-probabilities\n"
+            "  fastseg predict -d 1 -c 3d_fullres -i imagesTs -o pred      (nnUNet_results set)\n"
             "  fastseg predict -m MODEL -i case_0000.nii.gz -o case.nii.gz --no-tta --step-size 0.75"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR", help="trained model folder")
+    p.add_argument("-m", "--model", default=None, metavar="MODEL_DIR", help="trained model folder")
+    add_model_options(p, "-m MODEL_DIR")
     p.add_argument("-i", "--input", required=True, nargs="+", metavar="INPUT", help="a folder (case_0000.nii.gz ... per channel) or files")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder (created), or a file for a single case")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, default=["0"], metavar="FOLD",

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 
-from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.plan import add_dataset_option, folder_or_dataset, nnunet_dataset, positive_int, reports_errors
 
 
 def _fold(text: str) -> int | str:
@@ -18,12 +18,37 @@ def _fold(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"a fold is 0-4 (nnU-Net's splits) or 'all', got {text!r}") from None
 
 
+def _nnunet_format_only(work_dir: str, configuration: str) -> str | None:
+    """What to say when the configuration's data folder holds nnU-Net's format instead of fastseg's."""
+    import json
+    from pathlib import Path
+
+    from fastseg.plan.plans import resolve_configuration
+    from fastseg.preprocess.nnunet_format import fastseg_case_file, nnunet_case_file
+
+    try:
+        plans = json.loads((Path(work_dir) / "plans.json").read_text(encoding="utf-8"))
+        folder = Path(work_dir) / resolve_configuration(plans, configuration)["data_identifier"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    found = nnunet_case_file(folder)
+    if found is None or fastseg_case_file(folder) is not None:
+        return None
+    return (f"{configuration} is preprocessed in nnU-Net's format only ({folder} holds {found.name}): nnUNetv2_train "
+            "trains on that. fastseg trains on its own format: plan into a work folder of its own (fastseg plan "
+            "RAW_DATASET_DIR -o WORK_DIR) and run fastseg preprocess WORK_DIR")
+
+
 @reports_errors
 def run(args: argparse.Namespace) -> int:
+    from fastseg.datasets.nnunet_paths import PREPROCESSED, RESULTS
     from fastseg.train.trainer import Distributed, TrainConfig, TrainingError, train
 
+    work_dir = folder_or_dataset(args, args.work_dir, "WORK_DIR", PREPROCESSED)
+    dataset = nnunet_dataset(args)
+    results = str(dataset.require(RESULTS)) if dataset is not None else None  # where nnU-Net keeps its models
     config = dataclasses.replace(
-        TrainConfig(), device=args.device, workers=args.workers, compile=args.compile, seed=args.seed,
+        TrainConfig(), device=args.device, results_dir=results, workers=args.workers, compile=args.compile, seed=args.seed,
         cpu_precision=args.cpu_precision, save_probabilities=args.npz, final_validation=not args.no_final_validation,
         **{k: v for k, v in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations_per_epoch),
                              ("val_iterations", args.val_iterations), ("save_every", args.save_every)) if v is not None},
@@ -31,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
     env = os.environ
     distributed = Distributed(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
     try:
-        fold_folder = train(args.work_dir, args.configuration, args.fold, config, resume=args.resume,
+        fold_folder = train(work_dir, args.configuration, args.fold, config, resume=args.resume,
                             pretrained_weights=args.pretrained_weights, distributed=distributed)
     except TrainingError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(_nnunet_format_only(work_dir, args.configuration) or str(err)) from None
     if distributed.rank == 0:
         print(f"trained {args.configuration} fold {args.fold}: {fold_folder}")
     return 0
@@ -52,18 +77,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "augmentations). The model folder WORK_DIR/results/nnUNetTrainer__<plans>__<configuration>/ is in "
             "nnU-Net's format: nnUNetv2_predict and fastseg predict both run it. Checkpoints are written atomically; "
             "--resume continues exactly from checkpoint_latest.pth. Under torchrun each process trains on its share "
-            "of the batch (DDP)."
+            "of the batch (DDP). With -d ID, WORK_DIR is $nnUNet_preprocessed/DatasetXXX_Name and the model folder "
+            "goes where nnU-Net puts it: $nnUNet_results/DatasetXXX_Name/nnUNetTrainer__<plans>__<configuration>/."
         ),
         epilog=(
             "Examples:\n"
             "  fastseg train work/Dataset001 -c 3d_fullres -f 0\n"
             "  fastseg train work/Dataset001 -c 2d -f all --epochs 100 --device cuda\n"
             "  fastseg train work/Dataset001 -c 3d_fullres -f 0 --resume\n"
+            "  fastseg train -d 1 -c 3d_fullres -f 0      (nnUNet_preprocessed and nnUNet_results set)\n"
             "  torchrun --nproc_per_node 2 -m fastseg.cli train work/Dataset001 -c 3d_fullres -f 0 --device cuda"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("work_dir", metavar="WORK_DIR", help="work folder of fastseg plan/preprocess")
+    p.add_argument("work_dir", nargs="?", default=None, metavar="WORK_DIR", help="work folder of fastseg plan/preprocess")
+    add_dataset_option(p, "WORK_DIR")
     p.add_argument("-c", "--configuration", required=True, metavar="CONFIG", help="a preprocessed configuration")
     p.add_argument("-f", "--fold", required=True, type=_fold, metavar="FOLD", help="0-4 or all")
     p.add_argument("--epochs", type=positive_int, default=None, metavar="N", help="epochs (default: 1000)")

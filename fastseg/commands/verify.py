@@ -12,13 +12,20 @@ EXIT_BAD_DATASET = 2
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastseg.commands.plan import folder_or_dataset
+    from fastseg.datasets.nnunet_paths import RAW
     from fastseg.io import verify_dataset
 
     if args.num_processes is not None and args.num_processes < 1:
         print(f"fastseg verify: -j must be >= 1, got {args.num_processes}", file=sys.stderr)
         return EXIT_BAD_DATASET
+    try:
+        folder = folder_or_dataset(args, args.folder, "RAW_DATASET_DIR", RAW)
+    except ValueError as err:
+        print(f"fastseg verify: {err}", file=sys.stderr)
+        return EXIT_BAD_DATASET
     report = verify_dataset(
-        args.dataset,
+        folder,
         args.num_processes,
         env=dict(os.environ),
         check_test_cases=not args.skip_test_cases,
@@ -39,16 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Checks dataset.json (required keys, labels, regions, ignore label), the file layout (every case has "
             "every channel and a label, no stray files, numTraining) and every case's content (readable, not "
             "truncated, no NaN/Inf, channels and label on one grid, only declared label values). Prints one "
-            "report and exits with status 2 when there is any error. Writes nothing."
+            "report and exits with status 2 when there is any error. Writes nothing. With -d ID, the dataset is "
+            "$nnUNet_raw/DatasetXXX_Name."
         ),
         epilog=(
             "Examples:\n"
             "  fastseg verify /data/nnUNet_raw/Dataset001_BrainTumour\n"
+            "  fastseg verify -d 1      (nnUNet_raw set)\n"
             "  fastseg verify Dataset001_BrainTumour -j 8 --json > report.json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", metavar="RAW_DATASET_DIR", help="dataset folder holding dataset.json, imagesTr, labelsTr")
+    from fastseg.commands.plan import add_dataset_option
+
+    p.add_argument("folder", nargs="?", default=None, metavar="RAW_DATASET_DIR",
+                   help="dataset folder holding dataset.json, imagesTr, labelsTr")
+    add_dataset_option(p, "RAW_DATASET_DIR")
     p.add_argument(
         "-j", "--num-processes", type=int, default=None, metavar="N", help="worker processes (default: all CPUs)"
     )
