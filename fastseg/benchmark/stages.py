@@ -13,7 +13,8 @@ compared (`fastseg.benchmark.agreement`):
   -c CONFIG -np W` on fastseg's plans (copied in); the arrays compared case by case.
 - loader: `fastseg.benchmark.loader.benchmark_loader` (fastseg's training batches beside nnU-Net's
   trainer loader and augmentations); batch and target shapes compared.
-- train: `fastseg.benchmark.train.benchmark_train`, where this fastseg has it.
+- train: `fastseg.benchmark.train.benchmark_train` (`fastseg train` beside `nnUNetv2_train`, a few
+  epochs each on the same plans, data and splits), where this fastseg has it.
 - predict: `fastseg.benchmark.predict.benchmark_predict` with the model folder given (`fastseg
   predict` beside `nnUNetv2_predict_from_modelfolder`); voxels equal and Dice per label between the
   two tools' segmentations.
@@ -114,7 +115,7 @@ class BenchmarkOptions:
         workers: worker processes of each tool (default: the CPUs this process may use).
         threads: torch threads of each tool in train and predict (default: those CPUs).
         batches: timed loader batches (default 20).
-        iterations: timed training iterations (default 10).
+        iterations: training iterations per epoch of the train stage (default: the training benchmark's).
         model: model folder for the predict stage (fastseg's or nnU-Net's); None skips predict.
         folds: its folds (default: fold 0).
         cases: cases predicted and scored (default: every imagesTs case, or the first
@@ -128,7 +129,7 @@ class BenchmarkOptions:
     workers: int | None = None
     threads: int | None = None
     batches: int = 20
-    iterations: int = 10
+    iterations: int | None = None
     model: str | os.PathLike | None = None
     folds: tuple[str, ...] = ("0",)
     cases: int | None = None
@@ -136,12 +137,10 @@ class BenchmarkOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", parse_stages(",".join(self.stages)))
-        for name in ("workers", "threads", "cases"):
+        for name in ("workers", "threads", "cases", "batches", "iterations"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.batches < 1 or self.iterations < 1:
-            raise ValueError(f"batches and iterations must be at least 1, got {self.batches} and {self.iterations}")
 
 
 @dataclass
@@ -149,7 +148,7 @@ class ToolResult:
     """One tool's run of a stage.
 
     Attributes:
-        wall_s: wall time, seconds (loader and train: the timed batches / iterations only).
+        wall_s: wall time, seconds (loader: the timed batches only; train: the whole training command).
         throughput: work per second, in `unit`.
         unit: "cases/s", "samples/s" or "iterations/s".
         peak_pss_bytes: peak summed PSS of its process tree (None where unmeasurable).
@@ -528,26 +527,27 @@ class _Benchmark:
             result.skipped = "this fastseg has no training benchmark (fastseg.benchmark.train)"
             return result
         self._ensure_preprocessed(result)
+        extra = {} if self.options.iterations is None else {"iterations": self.options.iterations}
         try:
-            bench = benchmark_train(self.work, self.configuration(), iterations=self.options.iterations,
-                                    workers=self.workers, threads=self.threads,
+            bench = benchmark_train(self.work, self.configuration(), workers=self.workers, threads=self.threads,
                                     against_nnunet=self.options.against_nnunet, env=self.env,
-                                    timeout=self.options.timeout or 3600)
+                                    timeout=self.options.timeout or 3600, **extra)
         except RuntimeError as err:  # the training benchmark's own BenchmarkError
             raise BenchmarkError(f"train: {err}") from None
 
         def tool(run) -> ToolResult:
-            return ToolResult(self.options.iterations / run.iterations_per_second, run.iterations_per_second,
-                              "iterations/s", run.peak_pss_bytes)
+            wall = getattr(run, "wall_seconds", None) or getattr(bench, "iterations", 1) / run.iterations_per_second
+            return ToolResult(wall, run.iterations_per_second, "iterations/s", run.peak_pss_bytes)
 
         result.fastseg = tool(bench.fastseg)
         result.details = bench.as_json()
-        waits = [f"fastseg waits {bench.fastseg.wait_fraction:.0%} for batches"] if bench.fastseg.wait_fraction is not None else []
+        waits = [f"fastseg waits {bench.fastseg.wait_fraction:.0%} of the loop for batches"] if bench.fastseg.wait_fraction is not None else []
         if bench.nnunet is not None:
             result.nnunet = tool(bench.nnunet)
             if bench.nnunet.wait_fraction is not None:
                 waits.append(f"nnU-Net {bench.nnunet.wait_fraction:.0%}")
-        result.notes.append(f"{self.options.iterations} iterations timed" + (f"; {', '.join(waits)}" if waits else ""))
+        result.notes.append("wall time: the whole training command; throughput: the steady training iterations per "
+                            "second after the first epoch" + (f"; {', '.join(waits)}" if waits else ""))
         return result
 
     def _cases_to_predict(self) -> tuple[list[tuple[str, list[Path], Path | None]], str]:

@@ -152,7 +152,8 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cases", type=positive_int, default=None, metavar="N",
                    help="cases to predict and score (default: all of imagesTs; without imagesTs the first 5 of imagesTr)")
     g.add_argument("--batches", type=positive_int, default=20, metavar="N", help="timed loader batches (default: 20)")
-    g.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="timed training iterations (default: 10)")
+    g.add_argument("--iterations", type=positive_int, default=None, metavar="N",
+                   help="training iterations per epoch in the train stage (default: the training benchmark's)")
 
 
 class _StageOrDataset(argparse._SubParsersAction):
