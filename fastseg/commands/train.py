@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu or cuda (default: cpu)")
     p.add_argument("--workers", type=positive_int, default=2, metavar="W", help="data pipeline threads / reader processes (default: 2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the batches and the initial weights (default: 0)")
-    p.add_argument("--resume", action="store_true", help="continue from the fold's checkpoint_latest.pth")
+    p.add_argument("--resume", action="store_true", help="continue from the fold's checkpoint_latest.pth, or from its checkpoint_final.pth (nnU-Net's or fastseg's) when --epochs asks for more")
     p.add_argument("--pretrained-weights", default=None, metavar="CKPT", help="start from an nnU-Net or fastseg checkpoint's weights")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--cpu-precision", choices=("fp32", "bf16"), default="fp32", help="autocast on the CPU (default: fp32)")
