@@ -410,6 +410,8 @@ class _Benchmark:
         self._ensure_planned(result)
         folder = self.work / self._data_identifier()
         if folder.is_dir() and len(case_identifiers(folder)) >= len(self.dataset.cases):
+            if "preprocess" not in self.options.stages:
+                result.notes.append(f"reused fastseg's preprocessing in {folder} from an earlier run")
             return
         self._run(result.name, "fastseg preprocess (preparing, untimed)",
                   _fastseg_cli("preprocess", self.work, "-c", self.configuration(), "-j", self.workers), self.env)
@@ -620,9 +622,14 @@ class _Benchmark:
             result.notes.append(f"scored fastseg's predictions of the predict stage ({len(labelled)} case(s)) against "
                                 "their reference labels")
             return
+        why = ("the predicted cases have no reference labels" if self.predictions is not None
+               else "no predictions in this run")
         chosen = [(case, label) for case, _, label in self._cases_to_predict()[0] if label is not None]
         if not chosen:  # imagesTs without labelsTs: the training labels
-            chosen = [(c.identifier, c.label) for c in list(self.dataset.cases.values())[:self.options.cases or DEFAULT_TRAINING_CASES]]
+            n = self.options.cases or DEFAULT_TRAINING_CASES
+            chosen = [(c.identifier, c.label) for c in list(self.dataset.cases.values())[:n] if c.label is not None]
+        if not chosen:
+            raise BenchmarkError(f"evaluate: {self.raw} has no reference labels to score (labelsTr, labelsTs)")
         labels_spec = self.dataset.dataset_json.get("labels", {})
         ignore = labels_spec.get("ignore")
         values = sorted({v for value in labels_spec.values() for v in (value if isinstance(value, list) else [value])} - {ignore})
@@ -631,7 +638,7 @@ class _Benchmark:
             fio.write_seg(perturb(seg[0], values, ignore, seed), prediction / f"{case}{ending}", props)
             (reference / f"{case}{ending}").symlink_to(label.resolve())
         result.notes.append(
-            f"no predictions in this run: scored the reference labels of {len(chosen)} case(s) against a deterministic "
+            f"{why}: scored the reference labels of {len(chosen)} case(s) against a deterministic "
             f"perturbation of them (shifted one voxel along the last axis, {PERTURBED_FRACTION:.0%} of voxels relabelled; "
             f"{prediction})")
 
@@ -801,8 +808,9 @@ def format_report(report: BenchmarkReport) -> str:
         if stage.throughput_ratio is not None:
             memory = f"{stage.memory_ratio:.2f}x" if stage.memory_ratio is not None else "-"
             lines.append(f"{'':<12}{'ratio':<9}{'':>11}{f'{stage.throughput_ratio:.2f}x':>22}{memory:>12}")
-    lines += ["", "ratio: fastseg / nnU-Net; throughput above 1: fastseg faster; peak PSS below 1: fastseg smaller "
-              "(PSS summed over each tool's processes)"]
+    if any(stage.throughput_ratio is not None for stage in report.stages):
+        lines += ["", "ratio: fastseg / nnU-Net; throughput above 1: fastseg faster; peak PSS below 1: fastseg smaller "
+                  "(PSS summed over each tool's processes)"]
     notes = [(st.name, n) for st in report.stages for n in st.notes] + [
         (st.name, f"FAILED: {st.error}") for st in report.stages if st.error]
     if notes:
