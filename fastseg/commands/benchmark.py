@@ -78,7 +78,8 @@ def _stages(text: str) -> tuple[str, ...]:
 def run_dataset(args: argparse.Namespace) -> int:
     import os
 
-    from fastseg.benchmark.stages import BenchmarkError, BenchmarkOptions, format_report, run_benchmark
+    from fastseg.benchmark.report import format_report
+    from fastseg.benchmark.stages import BenchmarkError, BenchmarkOptions, run_benchmark
 
     if args.against not in (None, "nnunet"):
         raise ValueError(f"--against takes 'nnunet', got {args.against!r}")
