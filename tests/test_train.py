@@ -140,3 +140,69 @@ def test_bad_input_is_a_clear_error_and_nothing_is_overwritten(work, tmp_path):
     assert run.returncode != 0 and "checkpoint_latest.pth" in run.stderr and "Traceback" not in run.stderr
     assert (fold / "checkpoint_latest.pth").read_bytes() == b"not a checkpoint"
     assert sorted(p.name for p in fold.iterdir()) == ["checkpoint_latest.pth"]
+
+
+def test_training_continues_from_a_checkpoint_that_nnunet_wrote(work, tmp_path):
+    """nnU-Net's own trainer (`nnUNetv2_train`'s entry point, 2 epochs of 2 iterations) writes
+    checkpoint_final.pth; `fastseg train --resume` takes it as nnU-Net's `--c` would: the weights,
+    optimizer and logging carry over unchanged, and training goes on at epoch 2 with the poly LR."""
+    from fastseg.benchmark.loader import nnunet_reference
+
+    _, work = work
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_compile": "false"}
+    pre = nnunet_reference(work, "3d_fullres", 1, env)
+    results = tmp_path / "nnUNet_results"
+    run = subprocess.run([sys.executable, "-m", "fastseg.benchmark.nnunet_train", "--preprocessed", str(pre), "--results",
+                          str(results), "-c", "3d_fullres", "-f", "all", "--epochs", "2", "--iterations", "2",
+                          "--val-iterations", "1", "--threads", "1", "--json", str(tmp_path / "record.json")],
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (theirs_file,) = results.rglob("fold_all/checkpoint_final.pth")
+    theirs = load_checkpoint(theirs_file)
+    assert theirs["current_epoch"] == 2 and "fastseg" not in theirs
+
+    def continued(name: str, epochs: int, as_name: str) -> dict:
+        w = folders[name] = _copy(work, tmp_path / name)
+        fold = w / "results" / MODEL / "fold_all"
+        fold.mkdir(parents=True)
+        shutil.copy(theirs_file, fold / as_name)
+        _train(w, "-f", "all", "--resume", "--epochs", str(epochs), "--no-final-validation", *SMALL)
+        return load_checkpoint(fold / "checkpoint_final.pth")
+
+    folders: dict[str, Path] = {}
+    # as checkpoint_latest.pth with nothing left to train: it comes back out as it went in
+    same = continued("same", 2, "checkpoint_latest.pth")
+    for k, v in network_state(theirs).items():
+        assert torch.equal(network_state(same)[k], v), k
+    for sa, sb in zip(theirs["optimizer_state"]["state"].values(), same["optimizer_state"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # one more epoch: nnU-Net's two epochs of logging, then fastseg's, at the poly LR of epoch 2 of 3
+    more = continued("more", 3, "checkpoint_final.pth")
+    logging = more["logging"]
+    assert more["current_epoch"] == 3 and len(logging["train_losses"]) == 3
+    for key in ("train_losses", "lrs", "epoch_start_timestamps"):
+        np.testing.assert_array_equal(np.asarray(logging[key][:2], dtype=float), np.asarray(theirs["logging"][key], dtype=float))
+    assert logging["lrs"][2] == pytest.approx(1e-2 * (1 - 2 / 3) ** 0.9)
+    assert np.isfinite(logging["train_losses"][2])
+    assert any(not torch.equal(network_state(more)[k], v) for k, v in network_state(theirs).items())
+    # a finished run asked for no more epochs: a clear error, the checkpoint untouched
+    final = folders["more"] / "results" / MODEL / "fold_all" / "checkpoint_final.pth"
+    before = final.read_bytes()
+    run = _train(folders["more"], "-f", "all", "--resume", "--epochs", "3", *SMALL, check=False)
+    assert run.returncode != 0 and "finished epoch 3 of 3" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert final.read_bytes() == before
+
+
+def test_training_benchmark_runs_both_trainers_for_the_asked_length_into_scratch_folders(work):
+    from fastseg.benchmark.train import benchmark_train, format_report
+
+    _, work = work
+    before = sorted(p.relative_to(work) for p in work.rglob("*") if ".nnunet_reference" not in p.parts)
+    result = benchmark_train(work, "3d_fullres", epochs=2, iterations=2, val_iterations=1, workers=1, threads=1)
+    for run in (result.fastseg, result.nnunet):
+        assert len(run.train_losses) == 2 and len(run.epoch_seconds) == 2 and all(np.isfinite(run.train_losses))
+        assert run.iterations_per_second > 0 and 0 <= run.wait_fraction <= 1
+    assert result.ratio == pytest.approx(result.fastseg.iterations_per_second / result.nnunet.iterations_per_second)
+    assert "fastseg / nnU-Net" in format_report(result) and json.dumps(result.as_json())
+    # the user's work folder gains nothing but nnU-Net's reference preprocessing
+    assert sorted(p.relative_to(work) for p in work.rglob("*") if ".nnunet_reference" not in p.parts) == before

@@ -14,7 +14,7 @@ compared (`fastseg.benchmark.agreement`):
 - loader: `fastseg.benchmark.loader.benchmark_loader` (fastseg's training batches beside nnU-Net's
   trainer loader and augmentations); batch and target shapes compared.
 - train: `fastseg.benchmark.train.benchmark_train` (`fastseg train` beside `nnUNetv2_train`, a few
-  epochs each on the same plans, data and splits), where this fastseg has it.
+  epochs each on the same plans, data and splits).
 - predict: `fastseg.benchmark.predict.benchmark_predict` with the model folder given (`fastseg
   predict` beside `nnUNetv2_predict_from_modelfolder`); voxels equal and Dice per label between the
   two tools' segmentations.
@@ -439,14 +439,9 @@ class _Benchmark:
         return result
 
     def train(self) -> StageResult:
+        from fastseg.benchmark.train import benchmark_train
+
         result = StageResult("train")
-        try:
-            from fastseg.benchmark.train import benchmark_train
-        except ModuleNotFoundError as err:
-            if err.name != "fastseg.benchmark.train":
-                raise
-            result.skipped = "this fastseg has no training benchmark (fastseg.benchmark.train)"
-            return result
         self._ensure_preprocessed(result)
         extra = {} if self.options.iterations is None else {"iterations": self.options.iterations}
         try:
@@ -457,8 +452,7 @@ class _Benchmark:
             raise BenchmarkError(f"train: {err}") from None
 
         def tool(run) -> ToolResult:
-            wall = getattr(run, "wall_seconds", None) or getattr(bench, "iterations", 1) / run.iterations_per_second
-            return ToolResult(wall, run.iterations_per_second, "iterations/s", run.peak_pss_bytes)
+            return ToolResult(run.wall_seconds, run.iterations_per_second, "iterations/s", run.peak_pss_bytes)
 
         result.fastseg = tool(bench.fastseg)
         result.details = bench.as_json()

@@ -65,6 +65,29 @@ def run_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
+def run_train(args: argparse.Namespace) -> int:
+    from fastseg.benchmark.loader import BenchmarkError
+    from fastseg.benchmark.train import benchmark_train, format_report
+
+    if args.against not in (None, "nnunet"):
+        raise ValueError(f"--against takes 'nnunet', got {args.against!r}")
+    try:
+        result = benchmark_train(args.work_dir, args.configuration, fold=args.fold, epochs=args.epochs,
+                                 iterations=args.iterations, val_iterations=args.val_iterations, workers=args.workers,
+                                 threads=args.threads, against_nnunet=args.against == "nnunet")
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(result))
+    if args.json:
+        from fastseg.io.atomic import write_json_atomic
+
+        write_json_atomic(result.as_json(), Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _stages(text: str) -> tuple[str, ...]:
     from fastseg.benchmark.stages import parse_stages
 
@@ -182,7 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "benchmark",
         help="time fastseg beside nnU-Net on your own data and models",
         usage="%(prog)s RAW_DATASET --against nnunet [--stages LIST] [-c CONFIG] [-o DIR] [-j N] [-m MODEL_DIR] ...\n"
-              "       %(prog)s {predict,loader} ...",
+              "       %(prog)s {predict,loader,train} ...",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -251,3 +274,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batches", type=positive_int, default=20, metavar="N", help="timed batches (default: 20)")
     q.add_argument("--against", default=None, metavar="nnunet", help="also time nnU-Net's pipeline (needs nnunetv2)")
     q.set_defaults(func=run_loader)
+    q = stages.add_parser(
+        "train",
+        help="fastseg train beside nnUNetv2_train: steady iterations per second and loader wait",
+        description=(
+            "Trains the configuration with fastseg and, with --against nnunet, with nnU-Net's own trainer "
+            "(nnUNetv2_train's entry point; only the run length is set) for the same epochs and iterations, on the CPU, "
+            "with the same loader workers and torch threads, each in its own process and into a scratch folder (your "
+            "results are not touched). nnU-Net trains on its preprocessing of the same raw dataset and plans, made with "
+            "nnUNetv2_preprocess into WORK_DIR/.nnunet_reference the first time. Reports the steady training rate "
+            "(epochs after the first), the share of the training loop spent waiting for batches, the whole command's "
+            "wall time and peak memory."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  fastseg benchmark train work/Dataset001 -c 2d --against nnunet\n"
+            "  fastseg benchmark train work/Dataset001 -c 3d_fullres --against nnunet --threads 1 --epochs 3 --iterations 10"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("work_dir", metavar="WORK_DIR", help="work folder of fastseg plan/preprocess")
+    q.add_argument("-c", "--configuration", required=True, metavar="CONFIG", help="a preprocessed configuration")
+    q.add_argument("-f", "--fold", type=_fold, default="all", metavar="FOLD", help="0-4 or all (default: all)")
+    q.add_argument("--epochs", type=positive_int, default=3, metavar="N", help="epochs, the first one a warm-up (default: 3)")
+    q.add_argument("--iterations", type=positive_int, default=20, metavar="N", help="training iterations per epoch (default: 20)")
+    q.add_argument("--val-iterations", type=positive_int, default=5, metavar="N", help="validation iterations per epoch (default: 5)")
+    q.add_argument("--workers", type=positive_int, default=2, metavar="W", help="loader workers of each tool (default: 2)")
+    q.add_argument("--threads", type=positive_int, default=None, metavar="T", help="torch threads of each tool (default: all cores)")
+    q.add_argument("--against", default=None, metavar="nnunet", help="also train with nnU-Net (needs nnunetv2)")
+    q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    q.set_defaults(func=run_train)

@@ -299,11 +299,18 @@ def train(
     latest = fold_folder / "checkpoint_latest.pth"
     checkpoint = None
     if resume:
-        if not latest.is_file():
-            final = fold_folder / "checkpoint_final.pth"
-            hint = " (training finished: checkpoint_final.pth is there)" if final.is_file() else ""
-            raise TrainingError(f"nothing to resume: {latest} not found{hint}")
-        checkpoint = load_checkpoint(latest)  # a corrupt file stops here, before anything is written
+        # checkpoint_latest.pth of an unfinished run; else, as nnU-Net's --c does, a finished run's
+        # checkpoint_final.pth when more epochs are asked for than it trained
+        final = fold_folder / "checkpoint_final.pth"
+        if latest.is_file():
+            checkpoint = load_checkpoint(latest)  # a corrupt file stops here, before anything is written
+        elif final.is_file():
+            checkpoint = load_checkpoint(final)
+            if int(checkpoint["current_epoch"]) >= config.epochs:
+                raise TrainingError(f"nothing to resume: {final} finished epoch {checkpoint['current_epoch']} of "
+                                    f"{config.epochs}; ask for more epochs (--epochs) to continue it")
+        else:
+            raise TrainingError(f"nothing to resume: neither {latest} nor {final} exists")
     pretrained = load_checkpoint(Path(pretrained_weights)) if pretrained_weights else None
 
     torch.manual_seed(config.seed + distributed.rank)
