@@ -161,7 +161,7 @@ def test_commands_with_dataset_ids_use_nnunets_folders(tmp_path):
     assert run.returncode == 0, run.stderr
     assert len(list((work / "nnUNetPlans_3d_fullres").glob("*_seg.npy"))) == 3
     run = fastseg("train", "-d", "7", "-c", "3d_fullres", "-f", "all", "--epochs", "1", "--iterations-per-epoch", "1",
-                  "--val-iterations", "0", "--workers", "1", "--no-final-validation")
+                  "--val-iterations", "0", "--workers", "1", "--no-final-validation", "--no-compile")
     assert run.returncode == 0, run.stderr
     model = Path(env[RESULTS]) / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     assert (model / "fold_all" / "checkpoint_final.pth").is_file()

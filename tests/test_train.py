@@ -19,7 +19,7 @@ from helpers import fastseg_script, planned_dataset
 
 from fastseg.train.checkpoint import load_checkpoint, network_state
 
-SMALL = ["--iterations-per-epoch", "3", "--val-iterations", "2", "--workers", "1"]
+SMALL = ["--iterations-per-epoch", "3", "--val-iterations", "2", "--workers", "1", "--no-compile"]
 MODEL = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 
 
@@ -198,7 +198,7 @@ def test_training_benchmark_runs_both_trainers_for_the_asked_length_into_scratch
 
     _, work = work
     before = sorted(p.relative_to(work) for p in work.rglob("*") if ".nnunet_reference" not in p.parts)
-    result = benchmark_train(work, "3d_fullres", epochs=2, iterations=2, val_iterations=1, workers=1, threads=1)
+    result = benchmark_train(work, "3d_fullres", epochs=2, iterations=2, val_iterations=1, workers=1, threads=1, compile=False)
     for run in (result.fastseg, result.nnunet):
         assert len(run.train_losses) == 2 and len(run.epoch_seconds) == 2 and all(np.isfinite(run.train_losses))
         assert run.iterations_per_second > 0 and 0 <= run.wait_fraction <= 1
@@ -206,3 +206,22 @@ def test_training_benchmark_runs_both_trainers_for_the_asked_length_into_scratch
     assert "fastseg / nnU-Net" in format_report(result) and json.dumps(result.as_json())
     # the user's work folder gains nothing but nnU-Net's reference preprocessing
     assert sorted(p.relative_to(work) for p in work.rglob("*") if ".nnunet_reference" not in p.parts) == before
+
+
+def test_compiled_channels_last_training_follows_the_eager_run(work, tmp_path):
+    """The default run (torch.compile; channels-last on the CPU) takes the same steps as the eager
+    one: the same losses to float rounding, weights that load into nnU-Net's network as they are."""
+    _, work = work
+    args = ["-f", "all", "--epochs", "2", "--no-final-validation", "--iterations-per-epoch", "3", "--val-iterations", "1",
+            "--workers", "1"]
+    eager, compiled = _copy(work, tmp_path / "eager"), _copy(work, tmp_path / "compiled")
+    _train(eager, *args, "--no-compile")
+    _train(compiled, *args)
+    a = load_checkpoint(eager / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    b = load_checkpoint(compiled / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    assert b["fastseg"]["config"]["compile"] and not a["fastseg"]["config"]["compile"]
+    np.testing.assert_allclose(b["logging"]["train_losses"], a["logging"]["train_losses"], rtol=1e-4)
+    wa, wb = network_state(a), network_state(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wb[k].numpy(), wa[k].numpy(), rtol=1e-3, atol=1e-5, err_msg=k)

@@ -53,6 +53,7 @@ class TrainBenchmark:
     threads: int
     batch_size: int
     patch_size: list
+    compiled: bool
     fastseg: TrainRun
     nnunet: TrainRun | None = None
 
@@ -114,12 +115,14 @@ def benchmark_train(
     workers: int = 2,
     threads: int | None = None,
     against_nnunet: bool = True,
+    compile: bool = True,
     env: dict | None = None,
     timeout: float = 3600,
 ) -> TrainBenchmark:
     """Trains `configuration` with fastseg (and nnU-Net) for `epochs` x `iterations` and compares the
     steady training rate (see the module's docstring). `threads`: torch threads of each trainer
-    (default: the CPUs this process may use)."""
+    (default: the CPUs this process may use). `compile`: fastseg's default, torch.compile (nnU-Net
+    never compiles on the CPU); False times fastseg's eager network."""
     from fastseg.benchmark.measure import run_measured
     from fastseg.plan.plans import resolve_configuration
     from fastseg.train.splits import load_or_make_splits
@@ -144,7 +147,7 @@ def benchmark_train(
     env = _environment(env, threads, workers)
     result_args = dict(configuration=configuration, fold=str(fold), epochs=epochs, iterations=iterations,
                        val_iterations=val_iterations, workers=workers, threads=threads,
-                       batch_size=int(cfg["batch_size"]), patch_size=list(cfg["patch_size"]))
+                       batch_size=int(cfg["batch_size"]), patch_size=list(cfg["patch_size"]), compiled=compile)
     with tempfile.TemporaryDirectory(prefix="fastseg-bench-train-") as tmp:
         shadow = _shadow_work_dir(work_dir, cfg["data_identifier"], Path(tmp) / "fastseg")
         splits_file = shadow / "splits_final.json"
@@ -153,7 +156,7 @@ def benchmark_train(
         command = [sys.executable, "-m", "fastseg.cli", "train", str(shadow), "-c", configuration, "-f", str(fold),
                    "--epochs", str(epochs), "--iterations-per-epoch", str(iterations), "--val-iterations",
                    str(val_iterations), "--workers", str(workers), "--save-every", str(epochs + 1),
-                   "--no-final-validation"]
+                   "--no-final-validation"] + ([] if compile else ["--no-compile"])
         measured = run_measured(command, env=env, timeout=timeout)
         if measured.returncode != 0:
             raise BenchmarkError(f"fastseg train failed (exit {measured.returncode}): {measured.stderr[-2000:]}")
@@ -194,7 +197,9 @@ def format_report(result: TrainBenchmark) -> str:
 
     lines = [f"training, {result.configuration} fold {result.fold}: {result.epochs} epochs x {result.iterations} iterations "
              f"(+{result.val_iterations} validation), batch {result.batch_size} x {result.patch_size}, "
-             f"{result.workers} loader workers, {result.threads} torch threads each; epoch 0 is the warm-up"]
+             f"{result.workers} loader workers, {result.threads} torch threads each; epoch 0 is the warm-up; fastseg "
+             f"{'compiled (torch.compile, channels-last)' if result.compiled else 'eager'}, nnU-Net eager (it does not "
+             "compile on the CPU)"]
     for run in (result.fastseg, result.nnunet):
         if run is not None:
             name = "fastseg" if run.tool == "fastseg" else "nnU-Net"

@@ -75,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = benchmark_train(args.work_dir, args.configuration, fold=args.fold, epochs=args.epochs,
                                  iterations=args.iterations, val_iterations=args.val_iterations, workers=args.workers,
-                                 threads=args.threads, against_nnunet=args.against == "nnunet")
+                                 threads=args.threads, against_nnunet=args.against == "nnunet", compile=args.compile)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -302,5 +302,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=positive_int, default=2, metavar="W", help="loader workers of each tool (default: 2)")
     q.add_argument("--threads", type=positive_int, default=None, metavar="T", help="torch threads of each tool (default: all cores)")
     q.add_argument("--against", default=None, metavar="nnunet", help="also train with nnU-Net (needs nnunetv2)")
+    q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="fastseg's network compiled, as `fastseg train` runs it by default (default: on)")
     q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
     q.set_defaults(func=run_train)

@@ -36,6 +36,7 @@ class DemoBudget:
     iterations: int
     val_iterations: int
     batch_size: int | None = None  # None: the plans'
+    compile: bool = True  # torch.compile: pays back its first-iteration wait over a few hundred iterations
 
 
 #: Lesions larger than the generator's default: a few minutes of training learn them.
@@ -44,7 +45,8 @@ LESION_SCALE = 1.8
 DEFAULT = DemoBudget(cases=12, test_cases=4, shape=(32, 96, 96), configuration="2d", epochs=10, iterations=60, val_iterations=5,
                      batch_size=10)
 #: --quick: a smaller budget for CI (a minute or two).
-QUICK = DemoBudget(cases=6, test_cases=2, shape=(24, 64, 64), configuration="2d", epochs=2, iterations=10, val_iterations=2)
+QUICK = DemoBudget(cases=6, test_cases=2, shape=(24, 64, 64), configuration="2d", epochs=2, iterations=10, val_iterations=2,
+                   compile=False)
 
 
 def _same_dataset(raw: Path, config) -> bool:
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
               f"iterations on {device}")
         tc = TrainConfig(epochs=budget.epochs, iterations_per_epoch=budget.iterations, val_iterations=budget.val_iterations,
                          save_every=max(1, budget.epochs // 2), device=device, workers=workers, seed=args.seed,
-                         final_validation=False, batch_size=budget.batch_size)
+                         final_validation=False, batch_size=budget.batch_size, compile=budget.compile)
         train(work, budget.configuration, "all", tc)
         write_json_atomic(stamp, out / "demo_model.json")
     seconds["train"] = time.perf_counter() - t

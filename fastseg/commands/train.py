@@ -103,7 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the batches and the initial weights (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the fold's checkpoint_latest.pth, or from its checkpoint_final.pth (nnU-Net's or fastseg's) when --epochs asks for more")
     p.add_argument("--pretrained-weights", default=None, metavar="CKPT", help="start from an nnU-Net or fastseg checkpoint's weights")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the network (default: on; on the CPU in channels-last layout; the first iterations "
+                        "of a run wait for the compiler, so --no-compile suits runs of a few iterations)")
     p.add_argument("--cpu-precision", choices=("fp32", "bf16"), default="fp32", help="autocast on the CPU (default: fp32)")
     p.add_argument("--npz", action="store_true", help="save the final validation's probabilities (for ensembles, find-best)")
     p.add_argument("--no-final-validation", action="store_true", help="skip predicting the validation cases at the end")

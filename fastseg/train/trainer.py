@@ -62,7 +62,7 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 2
     seed: int = 0
-    compile: bool = False
+    compile: bool = True  # torch.compile the network (on the CPU too, in channels-last layout)
     cpu_precision: str = "fp32"  # "fp32" or "bf16" (autocast on the CPU)
     final_validation: bool = True
     save_probabilities: bool = False  # the final validation's .npz (for ensembles and find-best)
@@ -332,6 +332,12 @@ def train(
         logbook.values = checkpoint["logging"]
         logbook.wait_fractions = list(checkpoint.get("fastseg", {}).get("wait_fractions", []))
         best_ema, start_epoch = checkpoint["_best_ema"], int(checkpoint["current_epoch"])
+    # Compiled on the CPU, the network runs in channels-last layout: the fused graph's convolutions
+    # then need no layout conversions (about 1.35x (3D) to 1.5x (2D) the eager fp32 step here).
+    layout = None
+    if config.compile and device.type == "cpu":
+        layout = torch.channels_last if len(cfg["patch_size"]) == 2 else torch.channels_last_3d
+        network.to(memory_format=layout)
     model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed.active else network
     if config.compile:
@@ -389,6 +395,8 @@ def train(
             bar = tqdm(range(config.iterations_per_epoch), desc=f"epoch {epoch}", disable=not (show and is_main), leave=False)
             for _ in bar:
                 data, targets = next(loader)
+                if layout is not None:
+                    data = data.contiguous(memory_format=layout)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
                     loss = loss_fn(model(data), targets)
@@ -417,6 +425,8 @@ def train(
             with val_loader, torch.no_grad():
                 for _ in range(config.val_iterations):
                     data, targets = next(val_loader)
+                    if layout is not None:
+                        data = data.contiguous(memory_format=layout)
                     with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
                         output = model(data)
                         val_losses.append(float(loss_fn(output, targets)))
