@@ -13,12 +13,12 @@ run resumes where it stopped; a finished case whose files were damaged since is 
 time: the work folder's lock (`fastseg.runtime.locking.folder_lock`) makes a second run on the same
 folder stop at once with an error naming the first, instead of both redoing every case.
 
-Why not nnU-Net's on-disk format: nnU-Net 2.8.1 writes blosc2-compressed `.b2nd` arrays with a
-`.pkl` of properties, and picks its dataset class from the file endings of the folder (it accepts
-`.b2nd` or `.npz`, plus `.pkl`/`.npy`, and rejects a folder with any other ending). fastseg writes
-uncompressed `.npy` (memory-mapped by the loader: no decompression per patch) and JSON
-properties. The plans are nnU-Net's, so `nnUNetv2_preprocess` on fastseg's plans.json produces
-nnU-Net's format from the same raw data when nnU-Net is to train.
+Why not nnU-Net's on-disk format by default: nnU-Net 2.8.1 writes blosc2-compressed `.b2nd` arrays
+with a `.pkl` of properties, and picks its dataset class from the file endings of the folder (it
+accepts `.b2nd` or `.npz`, plus `.pkl`/`.npy`, and rejects a folder with any other ending). fastseg
+writes uncompressed `.npy` (memory-mapped by the loader: no decompression per patch) and JSON
+properties. When nnU-Net is to train, `fastseg preprocess --format nnunet`
+(`fastseg.preprocess.nnunet_format`) writes nnU-Net's own format from the same preprocessing.
 """
 
 from __future__ import annotations
