@@ -20,10 +20,12 @@ fi
 } | tee "$report"
 status=0
 # Tests: every file with CUDA or compiled-Triton cases; -rs lists skips, which must not mention CUDA.
-timeout 360 pytest -q -p no:cacheprovider -rs \
+timeout 420 pytest -q -p no:cacheprovider -rs \
   tests/test_gpu_parity.py tests/test_accumulate.py tests/test_export.py tests/test_components.py \
   tests/test_resample.py tests/test_normalize.py tests/test_triton_normalize.py tests/test_tiling.py \
-  "tests/test_predict.py::test_cuda_predictor_keeps_the_case_on_the_device_and_agrees_with_cpu" 2>&1 | tail -n 30 | tee -a "$report"
+  "tests/test_predict.py::test_cuda_predictor_keeps_the_case_on_the_device_and_agrees_with_cpu" \
+  "tests/test_data_augment.py::test_gpu_matches_cpu_for_deterministic_augmentations" \
+  "tests/test_train.py::test_cuda_training_with_amp_and_dali_gpu_batches_lowers_the_loss" 2>&1 | tail -n 30 | tee -a "$report"
 rc=${PIPESTATUS[0]}
 [[ $rc -eq 0 ]] || status=1
 if grep -qiE "SKIPPED.*(cuda|gpu)" "$report"; then

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fastseg_script, planned_dataset
+from helpers import fastseg_script, planned_dataset, requires_cuda
 
 from fastseg.train.checkpoint import load_checkpoint, network_state
 
@@ -225,3 +225,15 @@ def test_compiled_channels_last_training_follows_the_eager_run(work, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         np.testing.assert_allclose(wb[k].numpy(), wa[k].numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+@requires_cuda
+def test_cuda_training_with_amp_and_dali_gpu_batches_lowers_the_loss(work, tmp_path):
+    """The GPU path: DALI's GPU operators, fp16 autocast with the grad scaler, torch.compile."""
+    _, work = work
+    w = _copy(work, tmp_path / "cuda")
+    _train(w, "-f", "all", "--epochs", "3", "--iterations-per-epoch", "5", "--val-iterations", "1", "--workers", "1",
+           "--device", "cuda", "--no-final-validation")
+    ckpt = load_checkpoint(w / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    losses = ckpt["logging"]["train_losses"]
+    assert ckpt["grad_scaler_state"] is not None and np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
