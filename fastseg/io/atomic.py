@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastseg.runtime.locking import owner_alive, owner_token
+from fastseg.runtime.locking import OWNER_PATTERN, owner_alive, owner_token
 
-_TEMPORARY = re.compile(r"^\.tmp-(?:(?P<owner>\d+(?:\.\d+)?)-)?[0-9a-f]{8}-.")
+_TEMPORARY = re.compile(rf"^\.tmp-(?:(?P<owner>{OWNER_PATTERN})-)?[0-9a-f]{{8}}-.")
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
 
 

@@ -29,11 +29,11 @@ import numpy as np
 from fastseg.io.errors import DatasetError
 from fastseg.io.images import write_image, write_seg
 from fastseg.io.report import VerificationReport
-from fastseg.runtime.locking import owner_alive, owner_token
+from fastseg.runtime.locking import OWNER_PATTERN, owner_alive, owner_token
 
 logger = logging.getLogger(__name__)
 
-_LEFTOVER = re.compile(r"^\.(?P<kind>staging|replaced)-(?P<owner>\d+(?:\.\d+)?)-[0-9a-f]{8}-(?P<target>.+)$")
+_LEFTOVER = re.compile(rf"^\.(?P<kind>staging|replaced)-(?P<owner>{OWNER_PATTERN})-[0-9a-f]{{8}}-(?P<target>.+)$")
 
 
 def case_file_names(identifier: str, num_files: int, file_ending: str) -> tuple[list[str], str]:

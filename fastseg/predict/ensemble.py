@@ -52,11 +52,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fastseg.runtime.locking import OWNER_PATTERN
+
 logger = logging.getLogger(__name__)
 
 #: Reader/writer classes of nnU-Net whose properties fastseg's writers restore exactly.
 SUPPORTED_READER_WRITERS = ("SimpleITKIO", "NibabelIO", "NaturalImage2DIO", "Tiff3DIO")
-_STAGING = re.compile(r"^\.staging-(?P<owner>\d+(?:\.\d+)?)-[0-9a-f]{8}-ensemble$")
+_STAGING = re.compile(rf"^\.staging-(?P<owner>{OWNER_PATTERN})-[0-9a-f]{{8}}-ensemble$")
 
 
 @dataclass

@@ -11,7 +11,9 @@ Two tools, both below every stage that writes:
   writer's token in their names (`.tmp-<token>-...`, `.staging-<token>-...`), so a later run
   removes what a killed writer left and never what a live one is still writing. The token is the
   pid and, where /proc tells it, the process's start time, so a pid the system has since given to
-  another process does not keep a dead writer's leftovers alive.
+  another process does not keep a dead writer's leftovers alive, and a tag of the machine's name:
+  on a filesystem that several machines share, a process on one cannot tell whether a writer on
+  another is alive, so it leaves that writer's files alone (`OWNER_PATTERN` matches every form).
 """
 
 from __future__ import annotations
@@ -64,21 +66,37 @@ def _start_time(pid: int) -> tuple[str, str] | None:
 
 _token: tuple[int, str] | None = None  # (pid, token): a forked child has another pid and recomputes
 
+#: A token in a file name: "<pid>", "<pid>.<start time>", either with "@<machine tag>" (8 hex digits).
+OWNER_PATTERN = r"\d+(?:\.\d+)?(?:@[0-9a-f]{8})?"
+
+
+def machine_tag() -> str:
+    """8 hex digits naming this machine (a hash of its host name) in owner tokens."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
 
 def owner_token() -> str:
-    """This process's token: "<pid>.<start time>", or "<pid>" where the start time is unknown."""
+    """This process's token: "<pid>.<start time>@<machine tag>", or "<pid>@<machine tag>" where the
+    start time is unknown."""
     global _token
     pid = os.getpid()
     if _token is None or _token[0] != pid:
         info = _start_time(pid)
-        _token = (pid, f"{pid}.{info[0]}" if info else str(pid))
+        _token = (pid, f"{pid}.{info[0]}@{machine_tag()}" if info else f"{pid}@{machine_tag()}")
     return _token[1]
 
 
 def owner_alive(token: str) -> bool:
     """False when the process a token names has ended (a zombie counts as ended) or its pid now
     belongs to a process that started at another time; True otherwise, and for a token that cannot
-    be read (what is not understood is never removed)."""
+    be read (what is not understood is never removed) and for one written on another machine (tokens
+    without a machine tag count as this machine's)."""
+    token, _, machine = token.partition("@")
+    if machine and machine != machine_tag():
+        return True
     pid_text, _, start = token.partition(".")
     try:
         pid = int(pid_text)
