@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fastseg.commands.plan import add_model_options, dataset_model_folder, positive_int, reports_errors
+from fastseg.commands.predict_slide import add_slide_options, run_slides, slide_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelFolderError as err:
         raise ValueError(str(err)) from None
     model = predictor.model
+    slides = slide_inputs(args.input, args.slide)
+    if slides:  # whole-slide images: streamed tile by tile into pyramidal label TIFFs
+        return run_slides(args, predictor, slides)
     ending = model.dataset_json.get("file_ending", ".nii.gz")
     cases, problems = find_cases(args.input, model.num_input_channels, ending)
     for name, problem in problems.items():
@@ -149,4 +153,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
     p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
     p.add_argument("--continue", dest="continue_", action="store_true", help="skip cases whose output exists")
+    add_slide_options(p)
     p.set_defaults(func=run)
