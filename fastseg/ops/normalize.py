@@ -74,6 +74,7 @@ def normalize(
     *,
     intensity_properties: Mapping[str, float] | None = None,
     mask: Any = None,
+    statistics: Mapping[str, float] | None = None,
 ) -> Any:
     """Normalizes one channel with an nnU-Net scheme and returns float32.
 
@@ -88,6 +89,10 @@ def normalize(
         mask: bool array with data's shape, used by ZScoreNormalization only (nnU-Net's
             use_mask_for_norm: statistics over the mask, voxels outside keep their value); other
             schemes ignore it, as nnU-Net's do. Default None (whole image).
+        statistics: the channel's statistics ("count", "mean", "std", "min", "max") computed
+            beforehand over the whole image (over its mask), e.g. merged from its parts with
+            `channel_statistics` and `merge_statistics`, to normalize an image part by part as the
+            whole would be; None (default) computes them from `data` (and `mask`).
 
     Returns:
         float32 array of data's shape, the same kind as `data`.
@@ -101,9 +106,10 @@ def normalize(
     return dispatch(
         data,
         "data",
-        cpu=lambda a: _normalize(_Cpu(), _cpu_data(a), mask, _cpu_mask, scheme, intensity_properties),
+        cpu=lambda a: _normalize(_Cpu(), _cpu_data(a), mask, _cpu_mask, scheme, intensity_properties, statistics),
         cuda=lambda t: _normalize(
-            _Triton(), _cuda_data(t), mask, lambda m: m.to(device=t.device).contiguous(), scheme, intensity_properties
+            _Triton(), _cuda_data(t), mask, lambda m: m.to(device=t.device).contiguous(), scheme, intensity_properties,
+            statistics,
         ),
     )
 
@@ -127,7 +133,50 @@ def _cuda_data(t: Any) -> Any:
     return t
 
 
-def _normalize(backend: Any, x: Any, mask: Any, convert_mask: Any, scheme: str, intensity_properties) -> Any:
+def channel_statistics(data: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Count, mean, std (population), min and max of one channel (inside `mask`), in double.
+
+    Args:
+        data: numpy array of any shape and real dtype.
+        mask: bool array of data's shape, or None (default: every voxel).
+
+    Raises:
+        ValueError: NaN or infinite values in data.
+    """
+    backend = _Cpu()
+    x = _cpu_data(np.asarray(data))
+    stats = backend.moments(x, None if mask is None else _cpu_mask(mask))
+    _raise_nonfinite(stats["nonfinite"])
+    return {k: stats[k] for k in ("count", "mean", "std", "min", "max")}
+
+
+def merge_statistics(a: Mapping[str, float] | None, b: Mapping[str, float]) -> dict:
+    """The statistics of two disjoint parts' union (Chan et al.'s pairwise update of mean and variance).
+
+    Args:
+        a: the statistics so far, or None for none yet.
+        b: one more part's `channel_statistics`.
+    """
+    if a is None or a["count"] == 0:
+        return dict(b)
+    if b["count"] == 0:
+        return dict(a)
+    na, nb = float(a["count"]), float(b["count"])
+    n = na + nb
+    delta = float(b["mean"]) - float(a["mean"])
+    m2 = float(a["std"]) ** 2 * na + float(b["std"]) ** 2 * nb + delta * delta * na * nb / n
+    return {
+        "count": int(a["count"]) + int(b["count"]),
+        "mean": float(a["mean"]) + delta * nb / n,
+        "std": float(np.sqrt(max(m2 / n, 0.0))),
+        "min": min(float(a["min"]), float(b["min"])),
+        "max": max(float(a["max"]), float(b["max"])),
+    }
+
+
+def _normalize(
+    backend: Any, x: Any, mask: Any, convert_mask: Any, scheme: str, intensity_properties, statistics=None
+) -> Any:
     """The scheme on one backend: x a numpy array (_Cpu) or a CUDA tensor (_Triton), mask as the caller
     gave it, turned into the backend's kind by convert_mask. Returns float32 of x's kind."""
     m = None
@@ -148,8 +197,14 @@ def _normalize(backend: Any, x: Any, mask: Any, convert_mask: Any, scheme: str, 
         _raise_nonfinite(nonfinite)
         return out
 
-    stats = backend.moments(x, m)
-    _raise_nonfinite(stats["nonfinite"])
+    if statistics is not None:
+        missing = [k for k in ("count", "mean", "std", "min", "max") if k not in statistics]
+        if missing:
+            raise ValueError(f"statistics lacks {missing}; got keys {sorted(statistics)}")
+        stats = dict(statistics)
+    else:
+        stats = backend.moments(x, m)
+        _raise_nonfinite(stats["nonfinite"])
     if stats["count"] == 0:
         where = "inside the mask" if m is not None else "in data"
         raise ValueError(f"no voxels {where} to compute normalization statistics from (shape {tuple(x.shape)})")

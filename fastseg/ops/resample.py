@@ -136,12 +136,15 @@ def _axis_pass(backend, x, axis: int, n_out: int, order: int):
     return out.reshape(shape[:axis] + (n_out,) + shape[axis + 1 :])
 
 
-def _resample_data(backend, x, new_shape, axis_z: int | None, order: int, order_z: int):
-    """x: (C, D, H, W) float32 contiguous. axis_z: spatial index resampled separately, or None."""
+def _resample_data(backend, x, new_shape, axis_z: int | None, order: int, order_z: int, clip: bool = True):
+    """x: (C, D, H, W) float32 contiguous. axis_z: spatial index resampled separately, or None.
+    clip: clip order-3 results to the input's range (per channel, or per slice with axis_z)."""
     # After the conversion to float32, so that float64 values beyond its range count as infinite.
     check_finite(x, "data", "resampling would spread them; replace them (e.g. with numpy.nan_to_num) first")
     group_axis = 0 if axis_z is None else axis_z + 1
-    if order == 3:
+    if order != 3 or (not clip and axis_z is None):
+        clip = False
+    if clip:
         lo, hi = backend.minmax(x, group_axis)
     spatial = [a for a in range(3) if axis_z is None or a != axis_z]
     # Shrinking axes first keeps the intermediate volumes small; the result does not depend on it.
@@ -149,7 +152,7 @@ def _resample_data(backend, x, new_shape, axis_z: int | None, order: int, order_
     for a in spatial:
         if x.shape[a + 1] != new_shape[a]:
             x = _axis_pass(backend, x, a + 1, new_shape[a], order)
-    if order == 3:
+    if clip:
         # skimage clips every resize call's result to that call's input range.
         backend.clip(x, group_axis, lo, hi)
     if axis_z is not None and x.shape[axis_z + 1] != new_shape[axis_z]:
@@ -210,6 +213,7 @@ def resample(
     order_z: int = 0,
     force_separate_z: bool | None = None,
     separate_z_anisotropy_threshold: float = ANISO_THRESHOLD,
+    clip_joint: bool = True,
 ) -> Any:
     """Resamples image data or a segmentation to `new_shape`, as nnU-Net's
     `resample_data_or_seg_to_shape` does.
@@ -229,6 +233,10 @@ def resample(
         force_separate_z: None applies nnU-Net's anisotropy rule (default); True/False force it.
             3D only: 2D images are always resampled jointly.
         separate_z_anisotropy_threshold: max/min spacing ratio of the rule (default 3).
+        clip_joint: with order 3 and all axes resampled together, clip the result to each channel's
+            input range, as skimage does (default True). False leaves the overshoot, for an image
+            resampled in parts whose caller clips to the whole image's range afterwards; the
+            per-slice clip of separately resampled data is slice-local and always done.
 
     Returns:
         Data: float32, shape (C, *new_shape). Segmentation: the input's dtype. Same kind (numpy or
@@ -273,8 +281,8 @@ def resample(
     out = dispatch(
         data,
         "data",
-        cpu=lambda a: _resample_cpu(a, shape3, axis_z, is_seg, order, order_z),
-        cuda=lambda t: _resample_cuda(t, shape3, axis_z, is_seg, order, order_z),
+        cpu=lambda a: _resample_cpu(a, shape3, axis_z, is_seg, order, order_z, clip_joint),
+        cuda=lambda t: _resample_cuda(t, shape3, axis_z, is_seg, order, order_z, clip_joint),
     )
     return out.reshape((out.shape[0],) + target)
 
@@ -298,14 +306,14 @@ def _seg_labels_dtype(dtype: np.dtype) -> np.dtype:
     raise TypeError(f"segmentation dtype must be integer, bool or float with integer values, got {dtype}")
 
 
-def _resample_cpu(a: np.ndarray, shape3, axis_z, is_seg: bool, order: int, order_z: int) -> np.ndarray:
+def _resample_cpu(a: np.ndarray, shape3, axis_z, is_seg: bool, order: int, order_z: int, clip: bool = True) -> np.ndarray:
     backend = _CpuBackend()
     if not is_seg:
         if a.dtype.kind not in "fiub":
             raise TypeError(f"data dtype must be a float or integer type, got {a.dtype}")
         with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, refused by _resample_data
             x = native_contiguous(_as_4d(a), np.float32)
-        return _resample_data(backend, x, shape3, axis_z, order, order_z)
+        return _resample_data(backend, x, shape3, axis_z, order, order_z, clip)
     labels_dtype = _seg_labels_dtype(a.dtype)
     s = native_contiguous(_as_4d(a), labels_dtype)
     if a.dtype.kind == "f":
@@ -315,7 +323,7 @@ def _resample_cpu(a: np.ndarray, shape3, axis_z, is_seg: bool, order: int, order
     return out.astype(a.dtype, copy=False) if out.dtype != a.dtype else out
 
 
-def _resample_cuda(t, shape3, axis_z, is_seg: bool, order: int, order_z: int):
+def _resample_cuda(t, shape3, axis_z, is_seg: bool, order: int, order_z: int, clip: bool = True):
     import torch
 
     backend = _CudaBackend()
@@ -323,7 +331,7 @@ def _resample_cuda(t, shape3, axis_z, is_seg: bool, order: int, order_z: int):
     if not is_seg:
         if t.is_complex():
             raise TypeError(f"data dtype must be a float or integer type, got {t.dtype}")
-        return _resample_data(backend, t4.to(torch.float32).contiguous(), shape3, axis_z, order, order_z)
+        return _resample_data(backend, t4.to(torch.float32).contiguous(), shape3, axis_z, order, order_z, clip)
     if t.dtype == torch.bool:
         s = t4.to(torch.uint8)
     elif t.is_floating_point():

@@ -89,6 +89,7 @@ class Predictor:
         threads: int | None = None,
         postprocessing: Sequence[dict] = (),
         compile: bool = False,
+        memory_budget_gb: float | None = None,
     ) -> None:
         import torch
 
@@ -96,6 +97,9 @@ class Predictor:
             raise ValueError(f"step_size must be in (0, 1], got {step_size}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if memory_budget_gb is not None and not memory_budget_gb > 0:
+            raise ValueError(f"memory_budget_gb must be positive, got {memory_budget_gb}")
+        self.memory_budget = None if memory_budget_gb is None else int(memory_budget_gb * 2**30)
         self.model = model
         self.device = torch.device(device)
         self.step_size = step_size
@@ -124,6 +128,7 @@ class Predictor:
         threads: int | None = None,
         postprocessing: str | Path | None = None,
         compile: bool = False,
+        memory_budget_gb: float | None = None,
     ) -> Predictor:
         """Loads an nnU-Net v2 or fastseg model folder.
 
@@ -142,6 +147,10 @@ class Predictor:
             compile: `torch.compile` the networks (default False): the first forward pass compiles
                 (about half a minute on a 2-core CPU), later ones run about 13 % faster there; pays
                 off over many tiles or cases.
+            memory_budget_gb: gigabytes (GiB) a 3D case's arrays may take, the network and torch
+                not counted; a case that would need more is predicted in slabs along z
+                (`fastseg.predict.streaming`). None (default): cases that would need more than half
+                the free memory are streamed within that half.
         """
         from fastseg.predict.postprocess import load_postprocessing
 
@@ -149,7 +158,7 @@ class Predictor:
         model = load_model_folder(path, folds, checkpoint)
         return cls(
             model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads,
-            postprocessing=steps, compile=compile,
+            postprocessing=steps, compile=compile, memory_budget_gb=memory_budget_gb,
         )
 
     def _default_batch_size(self, copies: int) -> int:
@@ -269,6 +278,7 @@ class Predictor:
                 todo.append((case, out))
         from fastseg.io.atomic import remove_abandoned_temporaries
 
+        todo, streamed = self._split_streamed(todo, save_probabilities)
         for folder in dict.fromkeys(out.parent for out in outputs):
             folder.mkdir(parents=True, exist_ok=True)
             removed = remove_abandoned_temporaries(folder)
@@ -353,10 +363,69 @@ class Predictor:
                 predicted.put(None)
                 writer.join()
                 reader.join()
+        for case, out, budget in streamed:
+            self._stream(case, out, budget, report, resume=skip_existing, progress=progress,
+                         save_probabilities=save_probabilities)
         failed_first = {k: report.failed[k] for k in sorted(report.failed)}
         report.failed = failed_first
         report.seconds["total"] = time.perf_counter() - start
         return report
+
+    def _split_streamed(self, todo: list, save_probabilities: bool) -> tuple[list, list]:
+        """(cases predicted in memory, [(case, output, budget bytes)] streamed in slabs): a 3D case
+        whose in-memory prediction would need more than the budget (`memory_budget_gb`, or half the
+        free memory) is streamed."""
+        from fastseg.predict.streaming import in_memory_bytes
+        from fastseg.runtime.workers import available_memory
+
+        explicit = self.memory_budget is not None
+        kept, streamed = [], []
+        for case, out in todo:
+            budget = self.memory_budget if explicit else available_memory() // 2
+            need = in_memory_bytes(self, case.images)
+            if need is None or need <= budget:
+                kept.append((case, out))
+                continue
+            if not explicit and (save_probabilities or self.postprocessing):
+                logger.warning(
+                    "case %s needs about %.1f GB in memory, more than half the free memory (%.1f GB), but probabilities "
+                    "and postprocessing need it whole: predicting it in memory", case.identifier, need / 2**30,
+                    2 * budget / 2**30,
+                )
+                kept.append((case, out))
+                continue
+            logger.info(
+                "case %s needs about %.2f GB in memory, more than %s (%.2f GB): streaming it in slabs",
+                case.identifier, need / 2**30, "the budget" if explicit else "half the free memory", budget / 2**30,
+            )
+            streamed.append((case, out, budget))
+        return kept, streamed
+
+    def _stream(self, case, out: Path, budget: int, report: PredictionReport, *, resume: bool, progress,
+                save_probabilities: bool = False) -> None:
+        """One streamed case (`fastseg.predict.streaming.stream_case`), its outcome in `report`."""
+        from fastseg.predict.streaming import stream_case
+
+        if save_probabilities:
+            report.failed[case.identifier] = (
+                f"case {case.identifier}: does not fit the memory budget of {budget / 2**30:.3f} GB, and streamed "
+                "prediction writes labels only: drop --save-probabilities or raise --memory-budget-gb"
+            )
+            logger.error("%s", report.failed[case.identifier])
+            return
+        t = time.perf_counter()
+        if self.threads is not None:
+            self._pin_kernel_threads()
+        try:
+            with _torch_threads(self.threads):
+                stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
+                            case=case.identifier)
+            report.written.append(out)
+        except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
+            report.failed[case.identifier] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
+        finally:
+            report.seconds["network"] += time.perf_counter() - t
 
     def _pin_kernel_threads(self) -> None:
         """Gives the native kernels called from this thread `threads` OpenMP threads (when set)."""
