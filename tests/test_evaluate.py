@@ -263,6 +263,78 @@ def test_label_surface_metrics_on_boxes_equal_the_whole_image_brute_force(rng):
                 assert got[r][k] == pytest.approx(expected[k], rel=1e-9, abs=1e-12), (r, k)
 
 
+def _scipy_surface_distances(ref, pred, spacing):
+    """Border by scipy's face-connected erosion (outside the grid counts as outside the mask on the
+    axes longer than one voxel), nearest border voxel by scipy's k-d tree."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    keep = [i for i, n in enumerate(ref.shape) if n > 1]
+    squeeze = tuple(i for i, n in enumerate(ref.shape) if n == 1)
+    r, p = ref.squeeze(squeeze), pred.squeeze(squeeze)
+    structure = ndimage.generate_binary_structure(r.ndim, 1)
+    scale = np.asarray([spacing[i] for i in keep])
+    points = [np.argwhere(m & ~ndimage.binary_erosion(m, structure, border_value=0)) * scale for m in (r, p)]
+    return cKDTree(points[0]).query(points[1])[0], cKDTree(points[1]).query(points[0])[0]
+
+
+def _blobs(rng, shape, count, radius):
+    grid = np.indices(shape)
+    mask = np.zeros(shape, bool)
+    for _ in range(count):
+        centre = [rng.uniform(0, n) for n in shape]
+        mask |= sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+    return mask
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, kind",
+    [
+        pytest.param((24, 40, 36), (2.5, 0.78, 0.78), "shifted", id="3d-aniso-shifted"),
+        pytest.param((24, 40, 36), (1.0, 1.0, 1.0), "far-blobs", id="3d-iso-far-false-positives"),
+        pytest.param((16, 48, 48), (3.0, 0.7, 0.9), "salt-and-pepper", id="3d-aniso-salt-and-pepper"),
+        pytest.param((1, 70, 64), (1.0, 0.5, 0.5), "far-blobs", id="2d-as-1yx"),
+        pytest.param((2, 30, 31), (1.5, 1.0, 1.2), "shifted", id="two-slices"),
+        pytest.param((1, 1, 90), (1.0, 1.0, 0.3), "salt-and-pepper", id="1d"),
+    ],
+)
+def test_native_surface_distances_equal_scipy_kdtree(shape, spacing, kind):
+    # Near voxels take the growing-box search, far ones (blobs, holes deep inside) the buckets:
+    # every distance equals the k-d tree's over scipy's border voxels, in the same order.
+    from fastseg.evaluate.surface import surface_distances
+
+    rng = np.random.default_rng(sum(shape))
+    ref = _blobs(rng, shape, 3, max(shape) / 5)
+    if kind == "shifted":
+        pred = np.roll(ref, 1, axis=-1)
+    elif kind == "far-blobs":
+        pred = ref.copy()
+        pred[tuple(slice(0, max(1, n // 6)) for n in shape)] = True  # a blob in a corner
+        pred[tuple(slice(n - max(1, n // 8), n) for n in shape)] = True
+    else:
+        pred = ref ^ (rng.random(shape) < 0.03)
+    a, b = surface_distances(ref, pred, spacing)
+    expected_a, expected_b = _scipy_surface_distances(ref, pred, spacing)
+    assert a.shape == expected_a.shape and b.shape == expected_b.shape
+    np.testing.assert_allclose(a, expected_a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b, expected_b, rtol=1e-12, atol=1e-12)
+    assert a.max() > 0 and (kind != "far-blobs" or a.max() > 5)  # the far search was exercised
+
+
+def test_native_surface_distances_refuse_bad_input():
+    from fastseg._native import cpu
+
+    mask = np.ones((3, 4, 5), bool)
+    with pytest.raises(ValueError, match="non-empty"):
+        cpu().surface_distances(mask, np.zeros_like(mask), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="one shape"):
+        cpu().surface_distances(mask, mask[:, :, :4].copy(), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="spacing"):
+        cpu().surface_distances(mask, mask, [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="bool or uint8"):
+        cpu().surface_distances(mask.astype(np.int16), mask.astype(np.int16), [1.0, 1.0, 1.0])
+
+
 def test_native_label_boxes_equal_numpy():
     from fastseg._native import cpu
 

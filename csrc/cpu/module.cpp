@@ -189,6 +189,7 @@ void register_components(py::module_& m);
 void register_inference(py::module_& m);
 void register_sampling(py::module_& m);
 void register_metrics(py::module_& m);
+void register_surface(py::module_& m);
 }  // namespace fastseg::bind
 
 PYBIND11_MODULE(_C, m) {
@@ -216,4 +217,5 @@ PYBIND11_MODULE(_C, m) {
   fastseg::bind::register_inference(m);
   fastseg::bind::register_sampling(m);
   fastseg::bind::register_metrics(m);
+  fastseg::bind::register_surface(m);
 }
