@@ -27,6 +27,7 @@ TEST_DEPENDENCIES = {
     "skimage": "scikit-image",
     "hypothesis": "hypothesis",
     "nilearn": "nilearn",
+    "ray": "ray",
 }
 STARDIST_IMAGES = ("img2d.tif", "mask2d.tif", "img3d.tif", "mask3d.tif")
 # fastseg depends on triton where it has wheels (pyproject.toml's marker); elsewhere its cases skip.

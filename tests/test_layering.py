@@ -11,8 +11,10 @@ Layers, lowest first (a module imports its own package and lower layers only):
     fastseg.workflow, fastseg.predict, fastseg.data                      verify -> plan -> preprocess; prediction; training batches
     fastseg.evaluate                                                     scoring, postprocessing selection, ensembles
     fastseg.train                                                        training (final validation predicts and scores)
+    fastseg.distributed                                                  per-case work on a Ray cluster (--ray)
     fastseg.benchmark                                                    fastseg beside nnU-Net
     fastseg.commands, fastseg.cli                                        the command line
+    fastseg.__main__                                                     `python -m fastseg`
 
 Every `import` counts, also those inside functions (a lazy import is still a dependency).
 """
@@ -43,9 +45,11 @@ RANK = {
     "fastseg.data": 6,
     "fastseg.evaluate": 7,
     "fastseg.train": 8,
+    "fastseg.distributed": 8,
     "fastseg.benchmark": 9,
     "fastseg.commands": 10,
     "fastseg.cli": 11,
+    "fastseg.__main__": 12,
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from fastseg.commands.plan import positive_int, reports_errors
+from fastseg.commands.ray_cluster import add_ray_options, evaluate_mapper, report_runner
 
 
 @reports_errors
@@ -20,10 +21,12 @@ def run(args: argparse.Namespace) -> int:
 
         check_plot_path(args.plot)
     output = Path(args.output) if args.output else Path(args.pred_dir) / "summary.json"
+    mapper = evaluate_mapper(args)
     summary = evaluate_folders(
         args.pred_dir, args.ref_dir, dataset_json, output=output, num_processes=args.num_processes,
-        nsd_tolerance_mm=args.nsd_tolerance_mm,
+        nsd_tolerance_mm=args.nsd_tolerance_mm, map_cases=mapper,
     )
+    report_runner(mapper)
     names = {}
     for name, value in dataset_json["labels"].items():
         names[tuple(value) if isinstance(value, list) else value] = name
@@ -71,4 +74,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--plot", default=None, metavar="FILE.png",
         help="also write per-label box plots of the per-case Dice (and HD95 with --nsd-tolerance-mm) as a PNG",
     )
+    add_ray_options(p, cpus_per_worker=1)
     p.set_defaults(func=run)

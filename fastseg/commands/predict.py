@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastseg.commands.plan import add_model_options, dataset_model_folder, positive_int, reports_errors
 from fastseg.commands.predict_slide import add_slide_options, run_slides, slide_inputs
+from fastseg.commands.ray_cluster import add_ray_options
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,16 @@ def _step(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"the step size must be in (0, 1], got {value}")
+    return value
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of gigabytes, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the memory budget must be positive, got {value}")
     return value
 
 
@@ -64,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from fastseg.predict.predictor import Predictor
 
     folds = None if args.folds == ["auto"] else args.folds
+    if args.ray is not None:
+        from fastseg.commands.ray_cluster import predict_on_ray
+
+        return predict_on_ray(args, dataset_model_folder(args, args.model, "-m MODEL_DIR"), folds, _outputs, _copy_model_files)
     if args.device == "cpu":
         from fastseg.runtime.heap import retain_freed_memory
 
@@ -80,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             postprocessing=args.postprocessing,
             compile=args.compile,
+            memory_budget_gb=args.memory_budget_gb,
         )
     except ModelFolderError as err:
         raise ValueError(str(err)) from None
@@ -131,7 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  fastseg predict -m results/Dataset001_Heart/nnUNetTrainer__nnUNetPlans__3d_fullres -i imagesTs -o pred\n"
             "  fastseg predict -m MODEL -i imagesTs -o pred -f 0 1 2 3 4 --save-probabilities\n"
             "  fastseg predict -d 1 -c 3d_fullres -i imagesTs -o pred      (nnUNet_results set)\n"
-            "  fastseg predict -m MODEL -i case_0000.nii.gz -o case.nii.gz --no-tta --step-size 0.75"
+            "  fastseg predict -m MODEL -i case_0000.nii.gz -o case.nii.gz --no-tta --step-size 0.75\n"
+            "  fastseg predict -m MODEL -i big_ct -o pred --memory-budget-gb 4      (slabs when a case needs more)\n"
+            "  fastseg predict -m MODEL -i /shared/imagesTs -o /shared/pred --ray auto      (a Ray cluster)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -152,6 +170,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the network: compiling takes about half a minute, each tile is then faster")
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
     p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
-    p.add_argument("--continue", dest="continue_", action="store_true", help="skip cases whose output exists")
+    p.add_argument("--continue", dest="continue_", action="store_true",
+                   help="skip cases whose output exists; a streamed case resumes from its last finished slab")
+    p.add_argument("--memory-budget-gb", type=_budget, default=None, metavar="G",
+                   help="gigabytes a 3D case's arrays may take (the network and torch not counted): a case that "
+                        "needs more is predicted in slabs along z and written as it goes (NIfTI output); default: "
+                        "cases needing more than half the free memory are streamed")
+    add_ray_options(p, cpus_per_worker=4)
     add_slide_options(p)
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ from fastseg.commands.plan import (
     positive_int,
     reports_errors,
 )
+from fastseg.commands.ray_cluster import add_ray_options, preprocess_runner, report_runner
 
 #: What the workers of `--format nnunet` import (blosc2 only in the workers: it starts a thread).
 NNUNET_WORKER_MODULES = PREPROCESS_WORKER_MODULES + ("fastseg.preprocess.nnunet_format",)
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         require_blosc2()
     else:
         _refuse_nnunet_cases(work_dir, configurations)
-    if (args.num_processes or default_num_workers()) > 1:
+    if args.ray is None and (args.num_processes or default_num_workers()) > 1:
         # the workers' modules; the server starts while the runner is imported.
         start_fork_server(NNUNET_WORKER_MODULES if nnunet else PREPROCESS_WORKER_MODULES)
     from fastseg.preprocess.runner import PreprocessOptions, preprocess_dataset
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         memory_budget_bytes=int(args.memory_budget_gb * 1e9) if args.memory_budget_gb else None,
         overwrite=args.overwrite,
+        run_cases=preprocess_runner(args),
     )
     if nnunet:
         from fastseg.preprocess.nnunet_format import preprocess_dataset_nnunet
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         reports = preprocess_dataset_nnunet(work_dir, output, args.raw, options, env=dict(os.environ))
     else:
         reports = preprocess_dataset(work_dir, args.raw, options, env=dict(os.environ))
+    report_runner(options.run_cases)
     for report in reports:
         print(
             f"{report.configuration}: {len(report.processed)} cases preprocessed, {len(report.skipped)} already done "
@@ -180,4 +183,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --format nnunet: nnU-Net's dataset folder to write (default: $nnUNet_preprocessed/<dataset_name>)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already preprocessed")
+    add_ray_options(p, cpus_per_worker=1)
     p.set_defaults(func=run)

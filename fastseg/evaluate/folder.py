@@ -17,7 +17,7 @@ reads the file. Written atomically: on any error nothing is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,7 @@ def evaluate_folders(
     progress: bool | None = None,
     nsd_tolerance_mm: float | None = None,
     cases: Sequence[str] | None = None,
+    map_cases: Callable[..., list] | None = None,
 ) -> dict:
     """Scores every prediction against its reference.
 
@@ -191,6 +192,9 @@ def evaluate_folders(
             as extra keys beside nnU-Net's; None (default): overlap metrics only.
         cases: score only these case identifiers (both folders must hold them); None (default):
             every file of both folders.
+        map_cases: what scores the cases, with `fastseg.runtime.workers.parallel_map`'s signature;
+            None (default): worker processes on this machine
+            (`fastseg.distributed.evaluate.ClusterMap` scores them on a Ray cluster).
 
     Returns:
         The summary, with int / tuple keys (`to_json` gives nnU-Net's string keys).
@@ -212,7 +216,7 @@ def evaluate_folders(
     if nsd_tolerance_mm is not None and not nsd_tolerance_mm >= 0:
         raise ValueError(f"the NSD tolerance must be >= 0 mm, got {nsd_tolerance_mm}")
     jobs = [(str(ref_dir / n), str(pred_dir / n), labels_or_regions, ignore, size, nsd_tolerance_mm) for n in names]
-    per_case = parallel_map(score_case, jobs, num_processes or default_num_workers(), desc="Evaluating", progress=progress)
+    per_case = (map_cases or parallel_map)(score_case, jobs, num_processes or default_num_workers(), desc="Evaluating", progress=progress)
     summary = summarize(per_case, labels_or_regions)
     if output is not None:
         write_json_atomic(to_json(summary), Path(output), sort_keys=True)

@@ -544,7 +544,7 @@ def _preprocess(
         ))
     by_config = {r.configuration: r for r in reports}
     start = time.perf_counter()
-    for key, done in run_jobs(
+    for key, done in (options.run_cases or run_jobs)(
         "fastseg.preprocess.nnunet_format:preprocess_files", jobs, workers,
         memory_budget=options.memory_budget_bytes, desc="Preprocessing (nnU-Net format)", progress=options.progress,
     ):

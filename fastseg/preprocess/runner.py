@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class PreprocessOptions:
         memory_budget_bytes: memory the cases in flight may use; None: 75 % of what is available.
         overwrite: redo cases that are already complete.
         progress: progress bar; None: only when stderr is a terminal.
+        run_cases: what runs the cases, with `fastseg.runtime.workers.run_jobs`' signature; None:
+            worker processes on this machine (`fastseg.distributed.preprocess.ClusterJobs` runs them
+            on a Ray cluster).
     """
 
     configurations: tuple[str, ...] | None = None
@@ -63,6 +66,7 @@ class PreprocessOptions:
     memory_budget_bytes: int | None = None
     overwrite: bool = False
     progress: bool | None = None
+    run_cases: Callable[..., Iterator[tuple[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         if self.num_processes is not None and self.num_processes < 1:
@@ -213,7 +217,7 @@ def _preprocess(
     by_config = {r.configuration: r for r in reports}
     start = time.perf_counter()
     workers = options.num_processes or default_num_workers()
-    for key, done in run_jobs(
+    for key, done in (options.run_cases or run_jobs)(
         "fastseg.preprocess.worker:preprocess_files",  # the kernels load in the workers only
         jobs, workers, memory_budget=options.memory_budget_bytes, desc="Preprocessing", progress=options.progress
     ):
