@@ -191,6 +191,8 @@ def test_a_killed_worker_and_a_corrupt_case_are_reported_and_the_rest_written_on
     assert "6 written, 0 already there, 1 failed" in stdout, stdout
     assert "1 worker(s) lost" in stdout and "-- lost" in stdout, stdout
     assert "error: case broken (after 3 attempt(s)):" in stderr, stderr[-3000:]
+    failing = [line for line in stdout.splitlines() if line.startswith("  worker") and " 0 failed" not in line]
+    assert len(failing) >= 2, f"the corrupt case was not retried on another worker:\n{stdout}"
     assert "Traceback" not in stderr
     assert _visible(out) == sorted(good + ["dataset.json", "plans.json"])
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "a temporary file was left behind"

@@ -94,6 +94,11 @@ def predict_on_ray(args: argparse.Namespace, model_dir: Path, folds, outputs_for
     from fastseg.predict.inputs import find_cases
     from fastseg.predict.model import ModelFolderError, load_model_folder
 
+    from fastseg.commands.predict_slide import slide_inputs
+
+    if slide_inputs(args.input, getattr(args, "slide", False)):
+        raise ValueError("--ray predicts volumes, one case per worker; whole-slide images are predicted on one machine "
+                         "(leave --ray out)")
     try:
         model = load_model_folder(model_dir, folds, args.checkpoint)
     except ModelFolderError as err:
@@ -114,7 +119,8 @@ def predict_on_ray(args: argparse.Namespace, model_dir: Path, folds, outputs_for
         f"on Ray ({args.ray if args.ray != LOCAL else 'a local cluster'})"
     )
     options = {"checkpoint": args.checkpoint, "step_size": args.step_size, "tta": not args.no_tta,
-               "batch_size": args.batch_size, "postprocessing": args.postprocessing, "compile": args.compile}
+               "batch_size": args.batch_size, "postprocessing": args.postprocessing, "compile": args.compile,
+               "memory_budget_gb": getattr(args, "memory_budget_gb", None)}
     report, cluster = predict_on_cluster(
         ray, model.path, folds, cases, outputs, device=args.device, options=options,
         save_probabilities=args.save_probabilities, skip_existing=args.continue_,
