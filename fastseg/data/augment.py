@@ -121,6 +121,10 @@ class AugmentSpec:
             nnU-Net's.
         scaling, noise_std, blur_sigma, brightness, contrast, lowres_scale, gamma: the (low, high) ranges
             of nnU-Net's transforms; (v, v) pins the value v.
+        source_spatial: the source has already applied the spatial transform and the noise
+            (`fastseg.data.spatial`, the CPU loader's native path) and delivers patches of `patch_size`:
+            the pipeline starts at the blur (default False: the pipeline does both, from the initial
+            patch).
     """
 
     patch_size: tuple
@@ -137,6 +141,7 @@ class AugmentSpec:
     contrast: tuple[float, float] = (0.75, 1.25)
     lowres_scale: tuple[float, float] = (0.5, 1.0)
     gamma: tuple[float, float] = (0.7, 1.5)
+    source_spatial: bool = False
 
     def __post_init__(self):
         patch = tuple(int(s) for s in self.patch_size)
@@ -537,8 +542,9 @@ def _augment(data, seg, input_shape, spec: AugmentSpec, device: str):
     ndim = len(spec.patch_size)
     channels = input_shape[0:1]
     p = spec.probability
-    data, seg = spatial_transform(data, seg, input_shape, spec)
-    data = random_augmentation(p("noise"), lambda x: gaussian_noise(x, spec.noise_std, device), data)
+    if not spec.source_spatial:
+        data, seg = spatial_transform(data, seg, input_shape, spec)
+        data = random_augmentation(p("noise"), lambda x: gaussian_noise(x, spec.noise_std, device), data)
     blur_channels = _coin(p("blur_per_channel"), channels)
     data = random_augmentation(p("blur"), lambda x: gaussian_blur(x, channels, blur_channels, spec.blur_sigma, ndim),
                                data, only_if=_any(blur_channels))
@@ -557,9 +563,10 @@ def _augment(data, seg, input_shape, spec: AugmentSpec, device: str):
     return mask_image(data, seg, channels, spec.mask_channels, ndim, device), seg
 
 
-def _checked_source(source, ndim: int, batch_size: int):
+def _checked_source(source, ndim: int, batch_size: int, patch_size: tuple | None = None):
     """`source` wrapped to check each batch: as many data as seg arrays (1..batch_size), data with `ndim`
-    spatial axes, seg (1, *data's spatial shape). A mismatch would otherwise warp misaligned silently."""
+    spatial axes, seg (1, *data's spatial shape), and with `patch_size` given, that spatial shape. A
+    mismatch would otherwise warp misaligned silently."""
     if not callable(source) or inspect.isgeneratorfunction(source):
         return source
 
@@ -572,6 +579,9 @@ def _checked_source(source, ndim: int, batch_size: int):
             if len(d.shape) != ndim + 1 or tuple(g.shape) != (1, *d.shape[1:]):
                 raise ValueError(f"sample {i}: expected data (C, {ndim} spatial sizes) and seg (1, same sizes), "
                                  f"got data {tuple(d.shape)} and seg {tuple(g.shape)}")
+            if patch_size is not None and tuple(d.shape[1:]) != patch_size:
+                raise ValueError(f"sample {i}: a source that applies the spatial transform must deliver the final "
+                                 f"patch {patch_size}, got data {tuple(d.shape)}")
         return data, seg
 
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -590,7 +600,7 @@ def _augmentation_pipeline(source, spec: AugmentSpec, device: str):
         data, seg = data.gpu(), seg.gpu()
     if spec.augment:
         data, seg = _augment(data, seg, input_shape, spec, device)
-    else:
+    elif not spec.source_spatial:
         data = _centre_crop(data, input_shape, spec.patch_size, 0.0)
         seg = _centre_crop(seg, input_shape, spec.patch_size, float(SEG_PAD))
     return data, remove_label(seg)
@@ -636,7 +646,7 @@ def build_augmentation_pipeline(
         raise ValueError(f"prefetch_queue_depth must be >= 1, got {prefetch_queue_depth}")
     device = "cpu" if device_id is None else "gpu"
     pipe = _augmentation_pipeline(
-        _checked_source(source, len(spec.patch_size), batch_size), spec, device, batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+        _checked_source(source, len(spec.patch_size), batch_size, spec.patch_size if spec.source_spatial else None), spec, device, batch_size=batch_size, num_threads=num_threads, device_id=device_id,
         seed=seed, prefetch_queue_depth=prefetch_queue_depth)
     pipe.build()
     return pipe

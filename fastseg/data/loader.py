@@ -62,11 +62,13 @@ class _BatchSource:
     iteration). Picklable; the sampler (open memory maps) is made in the worker on first use."""
 
     def __init__(self, folder: str, case_ids: Sequence[str], patch_size: tuple, final_patch_size: tuple, batch_size: int,
-                 seed: int, two_d: bool, oversample_foreground_percent: float) -> None:
+                 seed: int, two_d: bool, oversample_foreground_percent: float, spec=None, threads: int = 1) -> None:
         self.folder, self.case_ids, self.patch_size = folder, list(case_ids), tuple(patch_size)
         self.final_patch_size = tuple(final_patch_size)
         self.batch_size, self.seed, self.two_d = batch_size, seed, two_d
         self.oversample = oversample_foreground_percent
+        self.spec = spec  # an AugmentSpec with source_spatial: final patches (fastseg.data.spatial)
+        self.threads = threads  # of the native spatial kernel
         self._sampler = None
 
     def __getstate__(self) -> dict:
@@ -82,7 +84,13 @@ class _BatchSource:
             )
         iteration = int(getattr(info, "iteration", info))  # DALI passes a BatchInfo or the iteration number
         rng = np.random.default_rng([self.seed, int(getattr(info, "epoch_idx", 0)), iteration])
-        batch = self._sampler.sample_batch(rng)
+        if self.spec is not None:
+            from fastseg.threads import num_threads
+
+            with num_threads(self.threads):
+                batch = self._sampler.sample_transformed_batch(self.spec, rng)
+        else:
+            batch = self._sampler.sample_batch(rng)
         return list(batch.data), list(batch.seg)
 
 
@@ -253,12 +261,16 @@ def make_training_loader(
         raise LoaderError(f"batch size and patch size must be positive, got {batch} and {patch}")
     setup = augmentation_setup(patch)
     read_patch = tuple(setup.initial_patch_size) if augment else patch
-    source = _BatchSource(str(folder), case_ids, read_patch, patch, batch, seed, len(patch) == 2, oversample_foreground_percent)
-    spec = AugmentSpec(patch_size=patch, rotation=tuple(setup.rotation), dummy_2d=setup.dummy_2d,
-                       mirror_axes=tuple(setup.mirror_axes), augment=augment)
     device_id = None
     if device.startswith("cuda"):
         device_id = int(device.partition(":")[2] or 0)
+    # On the CPU the source applies the spatial transform and the noise natively (fastseg.data.spatial),
+    # reading only the final patch's voxels; on a GPU DALI does, from the initial patch.
+    source_spatial = augment and device_id is None
+    spec = AugmentSpec(patch_size=patch, rotation=tuple(setup.rotation), dummy_2d=setup.dummy_2d,
+                       mirror_axes=tuple(setup.mirror_axes), augment=augment, source_spatial=source_spatial)
+    source = _BatchSource(str(folder), case_ids, read_patch, patch, batch, seed, len(patch) == 2, oversample_foreground_percent,
+                          spec if source_spatial else None, threads=workers)
     pipeline = build_augmentation_pipeline(source, spec, batch, num_threads=workers, device_id=device_id, seed=seed,
                                            prefetch_queue_depth=prefetch)
     spec_labels = LabelSpec.from_json(dataset_json.get("labels", {}), dataset_json.get("regions_class_order")) if dataset_json else None

@@ -455,6 +455,19 @@ class PatchSampler:
         data_out[tuple(target)] = case.data[tuple(source)]
         seg_out[tuple(target)] = case.seg[tuple(source)]
 
+    def _draw(self, rng: np.random.Generator) -> tuple[list[str], list[_OpenCase], int]:
+        """The batch's cases (uniformly, with replacement) and their common channel count."""
+        keys = [self.identifiers[i] for i in rng.integers(len(self.identifiers), size=self.batch_size)]
+        cases = [self._case(k) for k in keys]
+        channels = cases[0].data.shape[0]
+        for key, case in zip(keys, cases):
+            if case.data.shape[0] != channels:
+                raise ValueError(
+                    f"cases of one batch must have the same channels: {keys[0]!r} has {channels}, "
+                    f"{key!r} has {case.data.shape[0]}"
+                )
+        return keys, cases, channels
+
     def sample_batch(self, rng: np.random.Generator | None = None) -> SampledBatch:
         """Draws one batch: cases uniformly with replacement, the last samples forced to foreground.
 
@@ -466,15 +479,7 @@ class PatchSampler:
             and (B, 1, y, x) for `two_d`.
         """
         rng = self.rng if rng is None else rng
-        keys = [self.identifiers[i] for i in rng.integers(len(self.identifiers), size=self.batch_size)]
-        cases = [self._case(k) for k in keys]
-        channels = cases[0].data.shape[0]
-        for key, case in zip(keys, cases):
-            if case.data.shape[0] != channels:
-                raise ValueError(
-                    f"cases of one batch must have the same channels: {keys[0]!r} has {channels}, "
-                    f"{key!r} has {case.data.shape[0]}"
-                )
+        keys, cases, channels = self._draw(rng)
         data = np.zeros((self.batch_size, channels, *self.patch_size), dtype=np.float32)
         seg = np.full((self.batch_size, 1, *self.patch_size), -1, dtype=np.int16)
         starts = np.empty((self.batch_size, 3), dtype=np.int64)
@@ -486,4 +491,42 @@ class PatchSampler:
             classes.append(selected)
         if self.two_d:
             data, seg = data[:, :, 0], seg[:, :, 0]
+        return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)
+
+    def sample_transformed_batch(self, spec, rng: np.random.Generator | None = None) -> SampledBatch:
+        """Draws one batch as `sample_batch` does and returns its final patches: each sample's spatial
+        transform and noise (`fastseg.data.spatial`) applied while reading, from the memory maps.
+
+        The patches are placed as in `sample_batch` (the initial patch, `patch_size`); each sample then
+        draws its rotation, scaling and noise (`draw_spatial`, after its position) and only the final
+        patch is written.
+
+        Args:
+            spec: the `fastseg.data.augment.AugmentSpec`; its patch_size is the final patch and must be
+                `final_patch_size`.
+            rng: the generator to draw with; default the sampler's own.
+
+        Returns:
+            The `SampledBatch` of final patches: data (B, C, *spec.patch_size) float32 and seg
+            (B, 1, *spec.patch_size) int16 with -1 outside the case.
+        """
+        from fastseg.data.spatial import draw_spatial, transform_patch
+
+        final = tuple(spec.patch_size)
+        lead = 1 if self.two_d else 0
+        if final != self.final_patch_size[lead:]:
+            raise ValueError(f"spec.patch_size {final} must be the sampler's final_patch_size "
+                             f"{self.final_patch_size[lead:]}")
+        rng = self.rng if rng is None else rng
+        keys, cases, channels = self._draw(rng)
+        data = np.empty((self.batch_size, channels, *final), dtype=np.float32)
+        seg = np.empty((self.batch_size, 1, *final), dtype=np.int16)
+        starts = np.empty((self.batch_size, 3), dtype=np.int64)
+        classes = []
+        for b, (key, case) in enumerate(zip(keys, cases)):
+            start, selected = self._start(key, case, self.forced[b], rng)
+            draw = draw_spatial(spec, rng)
+            transform_patch(case.data, case.seg, start.tolist(), self.patch_size[lead:], draw, data[b], seg[b])
+            starts[b] = start
+            classes.append(selected)
         return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)
