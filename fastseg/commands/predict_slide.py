@@ -120,7 +120,7 @@ def run_slides(args: argparse.Namespace, predictor, slides: list[Path]) -> int:
     """Predicts each slide (`fastseg.predict.slide.predict_slide`); a slide that fails is reported
     and the others go on. Exit status 1 when any failed."""
     from fastseg.io.errors import ImageFileError
-    from fastseg.predict.slide import SlideOptions, predict_slide
+    from fastseg.predict.slide import SlideOptions, partial_run_files, predict_slide
 
     outputs = slide_outputs(slides, Path(args.output))
     overlays: list[Path | None] = [None] * len(slides)
@@ -147,6 +147,9 @@ def run_slides(args: argparse.Namespace, predictor, slides: list[Path]) -> int:
             overlay=overlay,
             batch_size=args.batch_size,
         )
+        if args.continue_ and out.is_file() and not partial_run_files(out)[1].exists():
+            print(f"{slide.name}: {out} is already there (--continue)")
+            continue
         try:
             report = predict_slide(predictor, slide, out, options, resume=args.continue_)
         except (ImageFileError, ValueError, OSError) as err:

@@ -74,6 +74,7 @@ __all__ = [
     "choose_level",
     "model_microns_per_pixel",
     "otsu_threshold",
+    "partial_run_files",
     "predict_slide",
     "tissue_mask",
     "tile_tissue_fractions",
@@ -284,7 +285,8 @@ def _model_identity(predictor) -> dict:
     return {"folder": str(Path(model.path).resolve()), "configuration": model.configuration, "checkpoints": files}
 
 
-def _side_files(output: Path) -> tuple[Path, Path]:
+def partial_run_files(output: Path) -> tuple[Path, Path]:
+    """(scratch file, progress record) that a run writing `output` keeps beside it until it is done."""
     return output.with_name(f".{output.name}.scratch"), output.with_name(f".{output.name}.progress.json")
 
 
@@ -407,7 +409,7 @@ def predict_slide(
         batch_size = options.batch_size or predictor.batch_size
 
         output.parent.mkdir(parents=True, exist_ok=True)
-        scratch_path, record_path = _side_files(output)
+        scratch_path, record_path = partial_run_files(output)
         identity = {
             "version": _RECORD_VERSION,
             "slide": slide.fingerprint(),
@@ -441,7 +443,8 @@ def predict_slide(
 
         dtype = _label_dtype(model)
         t_stream = time.perf_counter()
-        with LabelScratch(scratch_path, shape, dtype, keep=finished > 0) as scratch:
+        scratch = LabelScratch(scratch_path, shape, dtype, keep=finished > 0)
+        with _discard_on_bad_input(scratch_path, record_path), scratch:
             if finished == 0:
                 record_rows(0)
             if small:
@@ -478,6 +481,20 @@ def predict_slide(
     if not small:
         logger.debug("%d tiles were predicted before this run", done_before)
     return report
+
+
+@contextlib.contextmanager
+def _discard_on_bad_input(*paths: Path) -> Iterator[None]:
+    """Removes the scratch and the progress record when the slide turns out unreadable (a corrupt
+    tile): a rerun could not get further. Any other interruption keeps them for --continue."""
+    from fastseg.io.errors import ImageFileError
+
+    try:
+        yield
+    except ImageFileError:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _read_record(path: Path) -> dict:
