@@ -24,22 +24,28 @@ bool is_integer_shift(const AffinePatch& p) {
   return true;
 }
 
-// [x_first, x_last) of a row p(x) = b + x s whose 8 neighbours lie in the box (clipped to [0, n)).
-// flat[a]: the axis does not move along the row and sits on an integer (only floor(p) is read).
-void row_interior(const double* b, const double* s, const bool* flat, const Box3& box, int64_t n, int64_t* first,
-                  int64_t* last) {
+// The samples x of a row p(x) = b + x s (clipped to [0, n)) whose 8 neighbours all lie in the box
+// (inner = true: the unchecked body may run there), or outside of which none does (inner = false:
+// the image is 0 and the label `outside` there). flat[a]: the axis does not move along the row and sits
+// on an integer, so only floor(p) = p is read on it. The bounds are conservative by a margin in p and
+// by one sample in x, so float32 rounding of b + x s never crosses them.
+void row_span(const double* b, const double* s, const bool* flat, const Box3& box, int64_t n, bool inner,
+              int64_t* first, int64_t* last) {
   double lo_x = 0.0, hi_x = static_cast<double>(n);  // x in [lo_x, hi_x)
   for (int a = 0; a < 3; ++a) {
-    const double lo = static_cast<double>(box.lo[a]) + (flat[a] ? 0.0 : kEdge);
-    const double hi = static_cast<double>(box.hi[a]) - (flat[a] ? 1.0 : 1.0 + kEdge);  // p <= hi
+    double lo = static_cast<double>(box.lo[a]), hi = static_cast<double>(box.hi[a]) - 1.0;  // lo <= p <= hi
+    if (!flat[a]) {
+      lo += inner ? kEdge : -1.0 - kEdge;
+      hi += inner ? -kEdge : 1.0 + kEdge;
+    }
     if (s[a] == 0.0) {
       if (!(b[a] >= lo && b[a] <= hi)) lo_x = hi_x;  // never inside
       continue;
     }
     double x0 = (lo - b[a]) / s[a], x1 = (hi - b[a]) / s[a];
     if (x0 > x1) std::swap(x0, x1);
-    lo_x = std::max(lo_x, std::ceil(x0) + 1.0);   // one sample of safety on each side
-    hi_x = std::min(hi_x, std::floor(x1));          // x <= floor(x1) - 1 < hi_x
+    lo_x = std::max(lo_x, inner ? std::ceil(x0) + 1.0 : std::floor(x0) - 1.0);
+    hi_x = std::min(hi_x, inner ? std::floor(x1) : std::ceil(x1) + 2.0);
   }
   if (!(lo_x < hi_x)) {
     *first = *last = 0;
@@ -113,24 +119,36 @@ void affine_patch(const float* in, int64_t channels, const int64_t* in_shape, co
     } else {
       bool flat[3];
       for (int a = 0; a < 3; ++a) flat[a] = !moves[a] && b[a] == std::floor(b[a]);
-      int64_t first, last;
-      row_interior(b, step, flat, p.box, P2, &first, &last);
+      int64_t first, last, touch_first, touch_last;
+      row_span(b, step, flat, p.box, P2, true, &first, &last);
+      row_span(b, step, flat, p.box, P2, false, &touch_first, &touch_last);
+      if (first == last) {
+        first = last = touch_first;  // no interior: checked samples only
+      } else {
+        touch_first = std::min(touch_first, first);
+        touch_last = std::max(touch_last, last);
+      }
+      // [0, touch_first) and [touch_last, P2): outside; [touch_first, first) and [last, touch_last): checked.
       const int64_t dz = flat[0] ? 0 : sz, dy = flat[1] ? 0 : sy, dx = flat[2] ? 0 : 1;
       const float bz = static_cast<float>(b[0]), by = static_cast<float>(b[1]), bx = static_cast<float>(b[2]);
       const float tz = static_cast<float>(step[0]), ty = static_cast<float>(step[1]), tx = static_cast<float>(step[2]);
       for (int64_t c = 0; c < channels; ++c) {
         const float* src = in + c * sc;
         float* dst = dst0 + c * out_c;
-        for (int64_t x = 0; x < first; ++x)
+        std::fill(dst, dst + touch_first, 0.0f);
+        for (int64_t x = touch_first; x < first; ++x)
           dst[x] = trilinear_checked(src, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx);
         for (int64_t x = first; x < last; ++x)
           dst[x] = trilinear_inside(src, sz, sy, dz, dy, dx, bz + x * tz, by + x * ty, bx + x * tx);
-        for (int64_t x = std::max(first, last); x < P2; ++x)
+        for (int64_t x = last; x < touch_last; ++x)
           dst[x] = trilinear_checked(src, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx);
+        std::fill(dst + touch_last, dst + P2, 0.0f);
       }
       if (seg_dst != nullptr) {
-        for (int64_t x = 0; x < P2; ++x)
+        std::fill(seg_dst, seg_dst + touch_first, p.outside);
+        for (int64_t x = touch_first; x < touch_last; ++x)
           seg_dst[x] = nearest_label(seg_in, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx, p.outside);
+        std::fill(seg_dst + touch_last, seg_dst + P2, p.outside);
       }
     }
     if (p.noise_std != 0.0f) {

@@ -33,6 +33,12 @@ with pixel centres at k + 1/2. The image is sampled trilinearly with zeros outsi
 its nearest neighbour with -1 outside. Samples with neither rotation nor scaling are cropped without
 interpolation at `S // 2 - P // 2`, as batchgeneratorsv2's `crop_tensor` does.
 
+On the CPU the training loader applies the spatial transform and the noise before DALI, natively, while
+reading the patch from the memory-mapped case (fastseg.data.spatial, the same geometry and parameter
+draws; `AugmentSpec.source_spatial`): DALI's CPU warp_affine costs ~78 ns an output voxel, the native
+pass a fraction of that, and DALI never holds the larger initial patch. The graph below still does both
+for the GPU path and for sources that deliver initial patches.
+
 How it maps onto DALI. Channels are treated as frames (`FDHWC` with C = 1, or `FDHW`) so that every
 per-channel parameter is a per-frame argument (`fn.per_frame`) and no transpose is needed: warp_affine
 warps all frames with one matrix (spatial transform) or one matrix per frame (low resolution),

@@ -8,13 +8,16 @@
 
 Three stages, each its own module:
 
-1. `fastseg.data.sampling.PatchSampler` reads nnU-Net's patches (foreground oversampling, the
-   larger region that rotation and scaling need, padding) from the memory-mapped preprocessed
-   cases. It runs in DALI's Python worker processes (a parallel external source), each batch seeded
-   by (seed, batch index), so a run is reproducible whatever the number of workers.
+1. `fastseg.data.sampling.PatchSampler` places nnU-Net's patches (foreground oversampling, the
+   larger region that rotation and scaling need, padding) in the memory-mapped preprocessed cases.
+   It is the pipeline's external source, called from the consumer's thread, each batch seeded by
+   (seed, batch index), so a run is reproducible whatever the number of workers. On the CPU it also
+   applies the spatial transform and the noise while reading (`fastseg.data.spatial`: one native
+   pass from the memory map into the final patch, `workers` threads); for CUDA it reads the larger
+   initial patch and leaves both to DALI.
 2. `fastseg.data.augment` is a DALI pipeline with nnU-Net's augmentations: on the GPU when the
    device is CUDA (the patches move there right after reading), on DALI's CPU operators and thread
-   pool otherwise.
+   pool otherwise (from the blur on).
 3. `fastseg.data.targets` turns the segmentation into the loss's targets on the device: regions for
    region-based datasets, then one target per deep-supervision output.
 
@@ -68,11 +71,16 @@ class _BatchSource:
         self.batch_size, self.seed, self.two_d = batch_size, seed, two_d
         self.oversample = oversample_foreground_percent
         self.spec = spec  # an AugmentSpec with source_spatial: final patches (fastseg.data.spatial)
-        self.threads = threads  # of the native spatial kernel
+        self.threads = threads  # that transform the samples (fastseg.data.spatial)
         self._sampler = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_sampler": None}
+
+    def close(self) -> None:
+        """Stops the sampler's threads."""
+        if self._sampler is not None:
+            self._sampler.close()
 
     def __call__(self, info) -> tuple[list[np.ndarray], list[np.ndarray]]:
         from fastseg.data.sampling import PatchSampler
@@ -85,10 +93,7 @@ class _BatchSource:
         iteration = int(getattr(info, "iteration", info))  # DALI passes a BatchInfo or the iteration number
         rng = np.random.default_rng([self.seed, int(getattr(info, "epoch_idx", 0)), iteration])
         if self.spec is not None:
-            from fastseg.threads import num_threads
-
-            with num_threads(self.threads):
-                batch = self._sampler.sample_transformed_batch(self.spec, rng)
+            batch = self._sampler.sample_transformed_batch(self.spec, rng, workers=self.threads)
         else:
             batch = self._sampler.sample_batch(rng)
         return list(batch.data), list(batch.seg)
@@ -117,8 +122,9 @@ class TrainingLoader:
     worker processes."""
 
     def __init__(self, pipeline, *, device: str, scales: list[list[float]] | None, regions: list | None,
-                 ignore_label: int | None, batch_size: int, patch_size: tuple) -> None:
+                 ignore_label: int | None, batch_size: int, patch_size: tuple, source=None) -> None:
         self._pipeline = pipeline
+        self._source = source
         self.device = device
         self.scales = scales
         self.regions = regions
@@ -158,6 +164,9 @@ class TrainingLoader:
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             del pipeline
+        source, self._source = getattr(self, "_source", None), None
+        if source is not None:
+            source.close()
 
     def __enter__(self) -> TrainingLoader:
         return self
@@ -279,4 +288,4 @@ def make_training_loader(
     scales = deep_supervision_scales(cfg) if deep_supervision else None
     logger.debug("loader: %s, batch %d, patch %s (reading %s), device %s", configuration, batch, patch, read_patch, device)
     return TrainingLoader(pipeline, device=device, scales=scales, regions=regions, ignore_label=ignore if regions else None,
-                          batch_size=batch, patch_size=patch)
+                          batch_size=batch, patch_size=patch, source=source)

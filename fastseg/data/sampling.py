@@ -340,6 +340,8 @@ class PatchSampler:
         self._open: OrderedDict[str, _OpenCase] = OrderedDict()
         self._has_ignore: bool | None = None  # known once a case's class locations are read
         self._warned: set[str] = set()  # cases without annotated voxels, warned about once
+        self._pool = None  # threads of sample_transformed_batch (not pickled)
+        self._pool_size = 0
         self._check_cases()
 
     def _check_cases(self) -> None:
@@ -356,9 +358,16 @@ class PatchSampler:
                 f"{shown}; {_preprocess_hint(self.folder)}"
             )
 
+    def close(self) -> None:
+        """Stops the threads of `sample_transformed_batch` (idempotent; a later call starts new ones)."""
+        pool, self._pool, self._pool_size = self._pool, None, 0
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()  # memory maps stay in the process that opened them
+        state["_pool"], state["_pool_size"] = None, 0
         return state
 
     # --- cases -----------------------------------------------------------------------------------------
@@ -493,7 +502,7 @@ class PatchSampler:
             data, seg = data[:, :, 0], seg[:, :, 0]
         return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)
 
-    def sample_transformed_batch(self, spec, rng: np.random.Generator | None = None) -> SampledBatch:
+    def sample_transformed_batch(self, spec, rng: np.random.Generator | None = None, *, workers: int = 1) -> SampledBatch:
         """Draws one batch as `sample_batch` does and returns its final patches: each sample's spatial
         transform and noise (`fastseg.data.spatial`) applied while reading, from the memory maps.
 
@@ -505,12 +514,15 @@ class PatchSampler:
             spec: the `fastseg.data.augment.AugmentSpec`; its patch_size is the final patch and must be
                 `final_patch_size`.
             rng: the generator to draw with; default the sampler's own.
+            workers: threads that transform the samples, one sample at a time each (one kernel thread
+                per sample); the draws stay sequential, so the batch does not depend on it (default 1).
 
         Returns:
             The `SampledBatch` of final patches: data (B, C, *spec.patch_size) float32 and seg
             (B, 1, *spec.patch_size) int16 with -1 outside the case.
         """
         from fastseg.data.spatial import draw_spatial, transform_patch
+        from fastseg.threads import num_threads
 
         final = tuple(spec.patch_size)
         lead = 1 if self.two_d else 0
@@ -522,11 +534,25 @@ class PatchSampler:
         data = np.empty((self.batch_size, channels, *final), dtype=np.float32)
         seg = np.empty((self.batch_size, 1, *final), dtype=np.int16)
         starts = np.empty((self.batch_size, 3), dtype=np.int64)
-        classes = []
+        classes, draws = [], []
         for b, (key, case) in enumerate(zip(keys, cases)):
             start, selected = self._start(key, case, self.forced[b], rng)
-            draw = draw_spatial(spec, rng)
-            transform_patch(case.data, case.seg, start.tolist(), self.patch_size[lead:], draw, data[b], seg[b])
+            draws.append(draw_spatial(spec, rng))
             starts[b] = start
             classes.append(selected)
+
+        def transform(b: int) -> None:
+            with num_threads(1):
+                transform_patch(cases[b].data, cases[b].seg, starts[b].tolist(), self.patch_size[lead:], draws[b],
+                                data[b], seg[b])
+
+        if workers > 1 and self.batch_size > 1:
+            if self._pool is None or self._pool_size != workers:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="fastseg-patch"), workers
+            list(self._pool.map(transform, range(self.batch_size)))  # the kernel releases the GIL
+        else:
+            for b in range(self.batch_size):
+                transform(b)
         return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)

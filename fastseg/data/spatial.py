@@ -132,14 +132,15 @@ def index_matrix(a: np.ndarray | None, input_size: Sequence[int], patch_size: Se
             z is the slice.
 
     Returns:
-        (3, 4) float64; a 2D patch is (1, P0, P1) with the first row (0, 0, 0, slice).
+        (3, 4) float64; a 2D patch is (1, P0, P1) with the first row (1, 0, 0, slice) (the output's
+        depth index is always 0).
     """
     ndim = len(patch_size)
     size, patch = np.asarray(input_size, np.int64), np.asarray(patch_size, np.int64)
     m = np.zeros((3, 4))
     lead = 3 - ndim
     if lead:
-        m[0, 3] = start[0]
+        m[0, 0], m[0, 3] = 1.0, start[0]
     if a is None:
         m[lead:, lead:3] = np.eye(ndim)
         m[lead:, 3] = size // 2 - patch // 2 + np.asarray(start[lead:], np.int64)

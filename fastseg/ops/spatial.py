@@ -52,7 +52,7 @@ def affine_patch(
         out: float32 (C, P0, P1, P2), C-contiguous, written.
         seg_out: int16 (1, P0, P1, P2), C-contiguous, written; None exactly when `seg` is None.
         matrix: (3, 4): input index = matrix[:, :3] @ (z, y, x) + matrix[:, 3] (a 2D image is D = 1 with
-            the first row (0, 0, 0, slice)).
+            the first row (1, 0, 0, slice) or (0, 0, 0, slice)).
         box: (3, 2) integers, [lo, hi) per axis of the input voxels that exist, within (D, H, W).
         outside: the label outside the box (default -1, nnU-Net's padding of the segmentation).
         noise_std: standard deviation of the Gaussian noise added to the image (default 0: none).
