@@ -31,7 +31,7 @@ from fastseg.io.errors import ImageFileError
 
 # NIfTI datatype codes -> numpy type (byte order added from the header).
 _NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
-_CHUNK = 16 << 20
+_CHUNK = 1 << 20
 _LEVEL = 1  # labels compress well at the fastest level
 
 

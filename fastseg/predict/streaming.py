@@ -224,7 +224,7 @@ def _estimates(geo: _Geometry, cropped, net, padded, raw_itemsize: int):
     a_n = net[1] * net[2]
     a_r = geo.raw[1] * geo.raw[2]
     per_row = a_q * 4 * (cout + 1 + cin)
-    carry = max(0, geo.depth) * per_row
+    carry = a_q * 4 * (cout + 1)  # the saved state: the carried rows are written out one slab at a time
     rz = cropped[0] / net[0]
     cubic = int(geo.data_kwargs.get("order", 3)) == 3 and geo.data_axis_z() is None and cropped[0] != net[0]
     halo = CUBIC_HALO + 3 if cubic else 2
@@ -625,7 +625,11 @@ def stream_case(
     properties = readers[0].volume.properties
     geo = _Geometry(predictor, readers[0].volume.shape, properties)
     if state is None:
-        plan = make_plan(readers, properties, predictor, budget, case)
+        try:
+            plan = make_plan(readers, properties, predictor, budget, case)
+        except Exception:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         state = {"identity": identity, "plan": asdict(plan), "slab": 0}
         write_json_atomic(state, record)
     else:
@@ -691,11 +695,11 @@ def stream_case(
                 keep = max(0, win1 - w0) if win1 > w0 >= win0 else 0
                 if keep:
                     s = w0 - win0
-                    acc[:, :keep] = acc[:, s : s + keep].copy()
-                    wts[:keep] = wts[s : s + keep].copy()
+                    _shift_rows(acc, s, keep, axis=1)
+                    _shift_rows(wts, s, keep, axis=0)
                     valid0, valid1 = max(src_valid[0], w0), src_valid[1]
                     if valid1 > valid0:
-                        src[:, valid0 - w0 : valid1 - w0] = src[:, valid0 - win0 : valid1 - win0].copy()
+                        _shift_rows(src[:, valid0 - w0 :], w0 - win0, valid1 - valid0, axis=1)
                     src_valid = (valid0, valid1) if valid1 > valid0 else (w0, w0)
                 else:
                     src_valid = (w0, w0)
@@ -722,6 +726,18 @@ def stream_case(
         writer.close()
     shutil.rmtree(scratch, ignore_errors=True)
     return {"slabs": len(plan.slabs), "resumed_from": k0, "estimate": plan.estimate}
+
+
+def _shift_rows(a: np.ndarray, shift: int, count: int, axis: int) -> None:
+    """Moves rows [shift, shift + count) of `a` along `axis` to [0, count), one row at a time (no
+    temporary the size of the rows)."""
+    if shift == 0:
+        return
+    for i in range(count):
+        if axis == 0:
+            a[i] = a[shift + i]
+        else:
+            a[:, i] = a[:, shift + i]
 
 
 def _save(scratch: Path, k: int, state: dict, plan: StreamPlan, acc, wts, w0: int, w1: int, final_end: int,
@@ -768,7 +784,10 @@ def in_memory_bytes(predictor: Any, paths: Sequence[Path]) -> int | None:
     if reader.GetDimension() != 3 or size[2] <= 1:
         return None
     spacing = [abs(float(s)) for s in reader.GetSpacing()[::-1]]
-    geo = _Geometry(predictor, size[::-1], {"spacing": spacing})
+    try:
+        geo = _Geometry(predictor, size[::-1], {"spacing": spacing})
+    except (KeyError, IndexError, ValueError):  # plans this estimate does not understand: never streamed
+        return None
     voxels = float(np.prod(size))
     scale = float(np.prod([s / t for s, t in zip(geo.spacing, geo.target)]))
     cin, cout = len(paths), geo.cout
