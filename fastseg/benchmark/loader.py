@@ -43,6 +43,7 @@ class LoaderRun:
     target_shapes: list
     peak_pss_bytes: int | None
     wait_fraction: float | None = None
+    cpu_seconds_per_sample: float | None = None  # all processes and threads of the tool, timed batches
 
 
 @dataclass
@@ -61,6 +62,7 @@ class LoaderBenchmark:
 def _fastseg_main(args: argparse.Namespace) -> int:
     import torch
 
+    from fastseg.benchmark.measure import tree_cpu_seconds
     from fastseg.data.loader import make_training_loader
     from fastseg.preprocess.storage import case_identifiers
     from fastseg.plan.plans import resolve_configuration
@@ -73,15 +75,16 @@ def _fastseg_main(args: argparse.Namespace) -> int:
     try:
         for _ in range(WARMUP_BATCHES):
             data, targets = next(loader)
-        start = time.perf_counter()
+        cpu_start, start = tree_cpu_seconds(os.getpid()), time.perf_counter()
         for _ in range(args.batches):
             data, targets = next(loader)
         seconds = time.perf_counter() - start
+        cpu_seconds = tree_cpu_seconds(os.getpid()) - cpu_start
         wait = loader.stats.wait_fraction
     finally:
         loader.close()
     Path(args.json).write_text(json.dumps({
-        "batches": args.batches, "batch_size": loader.batch_size, "seconds": seconds,
+        "batches": args.batches, "batch_size": loader.batch_size, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "samples_per_second": args.batches * loader.batch_size / seconds, "data_shape": list(data.shape),
         "target_shapes": [list(t.shape) for t in targets], "wait_fraction": wait,
     }))
@@ -132,8 +135,10 @@ def _run(tool: str, command: list[str], out: Path, env: dict, timeout: float) ->
     if measured.returncode != 0 or not out.is_file():
         raise BenchmarkError(f"{tool} failed (exit {measured.returncode}): {measured.stderr[-2000:]}")
     result = json.loads(out.read_text())
+    cpu = result.get("cpu_seconds")
+    per_sample = cpu / (result["batches"] * result["batch_size"]) if cpu else None
     return LoaderRun(tool, result["samples_per_second"], result["batch_size"], result["data_shape"],
-                     result["target_shapes"], measured.peak_pss_bytes, result.get("wait_fraction"))
+                     result["target_shapes"], measured.peak_pss_bytes, result.get("wait_fraction"), per_sample)
 
 
 def benchmark_loader(work_dir: str | Path, configuration: str, *, workers: int = 2, batches: int = 20,
@@ -163,10 +168,18 @@ def format_report(result: LoaderBenchmark) -> str:
     lines = [f"training batches, {result.configuration}, {result.workers} workers each, {result.batches} batches after "
              f"{WARMUP_BATCHES} warm-up", f"  batch {result.fastseg.batch_size} x {result.fastseg.data_shape[1:]}, "
              f"targets {result.fastseg.target_shapes}"]
-    lines.append(f"  fastseg   {result.fastseg.samples_per_second:8.2f} samples/s   peak PSS {mib(result.fastseg.peak_pss_bytes)}")
+    def cpu(run: LoaderRun) -> str:
+        return f"{run.cpu_seconds_per_sample * 1e3:,.1f} CPU ms/sample" if run.cpu_seconds_per_sample else "-"
+
+    lines.append(f"  fastseg   {result.fastseg.samples_per_second:8.2f} samples/s   peak PSS "
+                 f"{mib(result.fastseg.peak_pss_bytes)}   {cpu(result.fastseg)}")
     if result.nnunet:
-        lines.append(f"  nnU-Net   {result.nnunet.samples_per_second:8.2f} samples/s   peak PSS {mib(result.nnunet.peak_pss_bytes)}")
+        lines.append(f"  nnU-Net   {result.nnunet.samples_per_second:8.2f} samples/s   peak PSS "
+                     f"{mib(result.nnunet.peak_pss_bytes)}   {cpu(result.nnunet)}")
         lines.append(f"  fastseg / nnU-Net: {result.ratio:.2f}x the samples per second")
+        if result.fastseg.cpu_seconds_per_sample and result.nnunet.cpu_seconds_per_sample:
+            lines.append(f"  nnU-Net / fastseg: {result.nnunet.cpu_seconds_per_sample / result.fastseg.cpu_seconds_per_sample:.2f}x "
+                         "the CPU time per sample (all threads and processes; less sensitive to other load)")
     return "\n".join(lines)
 
 

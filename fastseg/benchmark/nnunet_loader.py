@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from fastseg.benchmark.measure import tree_cpu_seconds
+
 WARMUP_BATCHES = 3
 
 
@@ -81,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(WARMUP_BATCHES):
             batch = next(augmenter)
-        start = time.perf_counter()
+        cpu_start, start = tree_cpu_seconds(os.getpid()), time.perf_counter()
         for _ in range(args.batches):
             batch = next(augmenter)
         seconds = time.perf_counter() - start
+        cpu_seconds = tree_cpu_seconds(os.getpid()) - cpu_start
     finally:
         augmenter._finish()
     data, target = batch["data"], batch["target"]
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "batches": args.batches,
         "batch_size": int(config.batch_size),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "samples_per_second": args.batches * config.batch_size / seconds,
         "data_shape": list(data.shape),
         "target_shapes": [list(t.shape) for t in (target if isinstance(target, list) else [target])],
