@@ -189,7 +189,7 @@ def test_mosaic_streamed_equals_in_memory_and_memory_stays_bounded(rgb_model, sl
       keep the test short): its peak resident memory exceeds that of the same command on a 0.09 MP
       slide by less than a quarter of the float32 accumulator and weights of the whole level
       (26 MP x 3 x 4 bytes = 316 MB) that an in-memory prediction holds (besides its float input).
-    - Level 1 (its SubIFD, 2220 x 2967) streamed equals the in-memory prediction of that level.
+    - Level 2 (its second SubIFD, 1110 x 1484) streamed equals the in-memory prediction of that level.
     """
     from fastseg.predict.slide import SlideOptions, predict_slide
 
@@ -213,12 +213,12 @@ def test_mosaic_streamed_equals_in_memory_and_memory_stays_bounded(rgb_model, sl
     _check_pyramid(tmp_path / "m.tif", labels, 512, 0.5)
 
     predictor = _predictor(rgb_model)
-    out = tmp_path / "level1.tif"
-    report = predict_slide(predictor, path, out, SlideOptions(level=1, tissue_mask=False, tile_size=256))
+    out = tmp_path / "level2.tif"
+    report = predict_slide(predictor, path, out, SlideOptions(level=2, tissue_mask=False, tile_size=256))
     with tifffile.TiffFile(path) as tif:
-        level1 = tif.series[0].levels[1].asarray()
-    assert report.shape == level1.shape[:2] == (2967, 2220) and report.mpp == pytest.approx(1.0, rel=1e-3)
-    reference = _in_memory(predictor, level1)
+        level2 = tif.series[0].levels[2].asarray()
+    assert report.shape == level2.shape[:2] == (1484, 1110) and report.mpp == pytest.approx(2.0, rel=1e-3)
+    reference = _in_memory(predictor, level2)
     assert int((tifffile.imread(out) != reference).sum()) == 0
     _check_pyramid(out, reference, 256, report.mpp)
 
