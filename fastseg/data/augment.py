@@ -44,7 +44,9 @@ per-channel parameter is a per-frame argument (`fn.per_frame`) and no transpose 
 warps all frames with one matrix (spatial transform) or one matrix per frame (low resolution),
 gaussian_blur takes a sigma and window per frame. Intensity transforms broadcast a (C, 1, 1[, 1]) factor.
 Each augmentation is one small function; `random_augmentation` runs it on the samples whose coin
-landed heads, through DALI conditionals, so the other samples skip the work.
+landed heads, through DALI conditionals, so the other samples skip the work. The brightness is the
+exception: a multiplication is cheaper than the conditional's split and merge copies, so every sample is
+multiplied, by 1 where its coin said no (measured: blur, contrast and gamma stay cheaper as conditionals).
 
 Where this differs from batchgeneratorsv2 (all measured in tests/test_data_augment.py):
 - The segmentation is warped by nearest neighbour, not by the argmax of per-label bilinear scores (which
@@ -407,9 +409,12 @@ def gaussian_blur(data, channels, chosen, sigma_range, ndim: int):
     return _unframe(blurred, ndim, channel_last=False)
 
 
-def multiplicative_brightness(data, channels, multiplier_range, ndim: int, device: str):
-    """MultiplicativeBrightnessTransform(BGContrast(multiplier_range)), a factor per channel."""
+def multiplicative_brightness(data, channels, multiplier_range, ndim: int, device: str, drawn=None):
+    """MultiplicativeBrightnessTransform(BGContrast(multiplier_range)), a factor per channel; `drawn` (a
+    boolean node per sample, optional): the factor is 1 where it is False (the identity, exactly)."""
     factor = _bg_contrast(*multiplier_range, shape=channels)
+    if drawn is not None:
+        factor = (factor - 1.0) * _flag(drawn) + 1.0
     return data * _to(_per_channel(factor, ndim), device)
 
 
@@ -554,8 +559,9 @@ def _augment(data, seg, input_shape, spec: AugmentSpec, device: str):
     blur_channels = _coin(p("blur_per_channel"), channels)
     data = random_augmentation(p("blur"), lambda x: gaussian_blur(x, channels, blur_channels, spec.blur_sigma, ndim),
                                data, only_if=_any(blur_channels))
-    data = random_augmentation(
-        p("brightness"), lambda x: multiplicative_brightness(x, channels, spec.brightness, ndim, device), data)
+    if p("brightness") > 0.0:  # one multiplication of every sample, by 1 where the coin says no: cheaper than
+        # a conditional's split and merge (3d_fullres: 28 against 40 ms a batch, 2d: 7 against 17)
+        data = multiplicative_brightness(data, channels, spec.brightness, ndim, device, drawn=_coin(p("brightness")))
     data = random_augmentation(p("contrast"), lambda x: contrast(x, channels, spec.contrast, ndim, device), data)
     ignore_axes = (0,) if spec.dummy_2d else ()
     lowres_channels = _coin(p("lowres_per_channel"), channels)
