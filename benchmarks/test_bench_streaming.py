@@ -66,9 +66,9 @@ def model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("bench_streaming")
     raw = root / "Dataset962_StreamBench"
-    write_synthetic_dataset(raw, SyntheticConfig(num_cases=4, ct=True, shape=(48, 128, 128), name="StreamBench"), num_processes=2)
+    write_synthetic_dataset(raw, SyntheticConfig(num_cases=4, ct=True, shape=(20, 48, 48), name="StreamBench"), num_processes=2)
     folder = root / "models" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    return train_model_folder(raw, root / "work", folder, "3d_fullres", iterations=15, width_divisor=WIDTH_DIVISOR)
+    return train_model_folder(raw, root / "work", folder, "3d_fullres", iterations=20, width_divisor=WIDTH_DIVISOR)
 
 
 def _uptime() -> str:
@@ -83,7 +83,7 @@ def test_streaming_costs_at_most_15_percent(model, tmp_path):
     from fastseg.predict.streaming import in_memory_bytes, stream_case
     from fastseg.threads import num_threads
 
-    case = _write_volume(tmp_path / "in" / "ct_0000.nii.gz", (160, 192, 192), (1.5, 0.8, 0.8), seed=3)
+    case = _write_volume(tmp_path / "in" / "ct_0000.nii.gz", (120, 144, 144), (1.5, 0.8, 0.8), seed=3)
     predictor = Predictor.from_model_folder(model, tta=False, batch_size=4, threads=THREADS)
     need = in_memory_bytes(predictor, [case])
     budget = need // 6
@@ -108,7 +108,7 @@ def test_streaming_costs_at_most_15_percent(model, tmp_path):
     streamed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stream" / "ct0.nii.gz")))
     ratio = statistics.median(times["streamed"]) / statistics.median(times["in memory"])
     print(
-        f"\nstreaming cost: volume 160x192x192, {THREADS} threads, budget {budget / 2**20:.0f} MiB "
+        f"\nstreaming cost: volume 120x144x144, {THREADS} threads, budget {budget / 2**20:.0f} MiB "
         f"({slabs} slabs; in memory needs ~{need / 2**20:.0f} MiB): in memory {statistics.median(times['in memory']):.2f} s, "
         f"streamed {statistics.median(times['streamed']):.2f} s, ratio {ratio:.3f}; labels equal "
         f"{np.mean(mem == streamed):.6f}; load {load_before} -> {_uptime()}"
@@ -121,8 +121,8 @@ def test_streaming_costs_at_most_15_percent(model, tmp_path):
 def test_volume_8x_the_budget_stays_under_it(model, tmp_path):
     from test_streaming import _BASELINE, _MEASURE, _hwm
 
-    budget_gb = 0.02
-    shape = (2624, 128, 128)  # float32 image: 8.0x the budget
+    budget_gb = 0.012
+    shape = (2800, 96, 96)  # float32 image: 8.0x the budget
     case = _write_volume(tmp_path / "in" / "long_0000.nii.gz", shape, (1.5, 0.8, 0.8), seed=5)
     image_bytes = 4 * int(np.prod(shape))
     assert image_bytes >= 8 * budget_gb * 2**30 * 0.99

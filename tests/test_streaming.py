@@ -83,7 +83,7 @@ def test_streamed_equals_in_memory(models, tmp_path, name, spacing):
     model, images = models[name]
     zyx = _plans_spacing(models["3d"][0]) if spacing == "plans" else spacing
     case = _volume(images, tmp_path / "case_0000.nii.gz", zyx, z_reps=3)
-    predictor = Predictor.from_model_folder(model, tta=False, batch_size=2)
+    predictor = Predictor.from_model_folder(model, tta=False, batch_size=8 if name == "2d" else 2)
     out = tmp_path / "out" / "case.nii.gz"
     out.parent.mkdir()
     minimum = _minimum_budget(predictor, case, out)

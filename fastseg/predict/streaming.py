@@ -33,7 +33,7 @@ all axes together) runs a recursive prefilter over the whole axis; a slab's pref
 labels can differ only where two classes tie within rounding.
 
 Resuming. After each slab the output file is flushed at a deflate full-flush point and the carried
-rows, the writer's state and the slab index are recorded (`progress.json`, `state-<k>.npz`);
+rows, the writer's state and the slab index are recorded (`progress.json`, `state-<k>-*.raw`);
 `--continue` truncates the output back to the last record and goes on from there, provided the
 record belongs to the same input files, model, settings and budget (else it starts over). The label
 file appears under its name only when the last row is written (write to a temporary, then rename).
@@ -293,8 +293,11 @@ def make_plan(readers: list[SlabReader], properties: dict, predictor: Any, budge
     per_row, carry, pre, exp = _estimates(geo, cropped, net, padded, readers[0].volume.dtype.itemsize)
     usable = int(budget * _HEADROOM)
 
+    # A forward pass's inputs and outputs: the tiles, the network's output, the mirrored sum and its scaled copy.
+    tiles = tpp * int(np.prod(geo.patch)) * 4 * (geo.cin + 3 * geo.cout)
+
     def fits(rows: int, piece: int, out_rows: int) -> int:
-        return rows * per_row + carry + max(pre(piece), exp(out_rows))
+        return rows * per_row + carry + tiles + max(pre(piece), exp(out_rows))
 
     min_rows = int(max(last - first))
     piece = 1
@@ -663,13 +666,14 @@ def stream_case(
     tail = None
     win0, win1, src_valid = 0, 0, (0, 0)
     if k0:
-        saved = np.load(scratch / f"state-{k0}.npz")
+        saved = _load_state(scratch, k0, state)
         win0, win1 = int(state["window"][0]), int(state["window"][1])
         n = win1 - win0
         acc[:, :n] = saved["acc"]
         wts[:n] = saved["weights"]
         if "tail_acc" in saved:
-            tail = (int(state["tail_first"]), saved["tail_acc"], saved["weights_tail"])
+            tail = (int(state["tail_first"]), saved["tail_acc"], saved["tail_weights"])
+        del saved
         writer = NiftiSlabWriter(partial, out_shape, geo.label_dtype, properties, compressed=ending == ".nii.gz",
                                  scratch=scratch, resume=state["writer"])
         next_out = int(state["next_out"])
@@ -740,55 +744,48 @@ def _shift_rows(a: np.ndarray, shift: int, count: int, axis: int) -> None:
             a[:, i] = a[:, shift + i]
 
 
+def _write_rows(path: Path, a: np.ndarray, axis: int) -> None:
+    """Writes `a` in C order, one row along `axis` at a time (no copy of the whole), to `path` atomically."""
+    tmp = path.with_name("." + path.name)
+    with open(tmp, "wb") as f:
+        for i in range(a.shape[axis]):
+            np.ascontiguousarray(a[i] if axis == 0 else a[:, i]).tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path, shape: Sequence[int], axis: int) -> np.ndarray:
+    """What `_write_rows` wrote, as an array of `shape` (rows along `axis` first in the file)."""
+    shape = [int(n) for n in shape]
+    rows = np.fromfile(path, dtype=np.float32)
+    if axis == 0:
+        return rows.reshape(shape)
+    return np.ascontiguousarray(rows.reshape([shape[1], shape[0], *shape[2:]]).swapaxes(0, 1))
+
+
+def _load_state(scratch: Path, k: int, state: dict) -> dict:
+    shapes = state["arrays"]
+    return {name: _read_rows(scratch / f"state-{k}-{name}.raw", shape, axis) for name, (shape, axis) in shapes.items()}
+
+
 def _save(scratch: Path, k: int, state: dict, plan: StreamPlan, acc, wts, w0: int, w1: int, final_end: int,
           exporter: _Exporter, writer: NiftiSlabWriter) -> None:
     """Records slab k as finished: the carried rows, the export tail, the writer's checkpoint."""
     if k == len(plan.slabs):
         return
     carry = slice(final_end - w0, w1 - w0)
-    arrays = {"acc": acc[:, carry], "weights": wts[carry]}
+    arrays = {"acc": (acc[:, carry], 1), "weights": (wts[carry], 0)}
     if exporter.tail is not None:
-        arrays["tail_acc"], arrays["weights_tail"] = exporter.tail[1], exporter.tail[2]
-    tmp = scratch / f".state-{k}.npz"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, scratch / f"state-{k}.npz")
+        arrays["tail_acc"], arrays["tail_weights"] = (exporter.tail[1], 1), (exporter.tail[2], 0)
+    for name, (a, axis) in arrays.items():
+        _write_rows(scratch / f"state-{k}-{name}.raw", a, axis)
     state.update(
         slab=k, window=[final_end, w1], next_out=exporter.next_out, writer=writer.checkpoint(),
         tail_first=exporter.tail[0] if exporter.tail is not None else None,
+        arrays={name: [list(a.shape), axis] for name, (a, axis) in arrays.items()},
     )
     write_json_atomic(state, scratch / "progress.json")
-    old = scratch / f"state-{k - 1}.npz"
-    with contextlib.suppress(FileNotFoundError):
-        old.unlink()
-
-
-# --- deciding ---------------------------------------------------------------------------------------
-
-
-def in_memory_bytes(predictor: Any, paths: Sequence[Path]) -> int | None:
-    """About how many bytes predicting the case in memory takes (image, its normalized and
-    resampled copies, the accumulator and weights, the labels), from the files' headers; None for
-    2D images and files whose header cannot be read (they are never streamed)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(paths[0]))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    size = reader.GetSize()
-    if reader.GetDimension() != 3 or size[2] <= 1:
-        return None
-    spacing = [abs(float(s)) for s in reader.GetSpacing()[::-1]]
-    try:
-        geo = _Geometry(predictor, size[::-1], {"spacing": spacing})
-    except (KeyError, IndexError, ValueError):  # plans this estimate does not understand: never streamed
-        return None
-    voxels = float(np.prod(size))
-    scale = float(np.prod([s / t for s, t in zip(geo.spacing, geo.target)]))
-    cin, cout = len(paths), geo.cout
-    return int(voxels * (8 * cin + 5) + voxels * scale * 4 * (cin + cout + 1))
+    for old in scratch.glob(f"state-{k - 1}-*.raw"):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
