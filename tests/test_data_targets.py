@@ -32,6 +32,7 @@ def test_deep_supervision_targets_equal_nnunets(shape, strides):
         expected = torch.stack([t[k] for t in theirs])
         assert level.shape == expected.shape and level.dtype == seg.dtype
         assert torch.equal(level, expected), k
+        assert level.is_contiguous()  # strided views (integer factors) are copied once
 
 
 def test_region_targets_equal_nnunets():

@@ -7,7 +7,8 @@
   resized to their shape, `round(size * scale)` per axis, by nearest-exact sampling (PyTorch's
   `nearest-exact`, which batchgeneratorsv2's `DownsampleSegForDSTransform` uses): output voxel i
   takes input voxel min(floor((i + 0.5) * in / out), in - 1). Done here by indexing, so integer
-  targets need no float copy.
+  targets need no float copy; evenly spaced indices (an integer factor) are a strided view, copied
+  once per scale (index_select along an inner axis costs ~10x more on the CPU).
 """
 
 from __future__ import annotations
@@ -51,9 +52,16 @@ def downsample_targets(target: Any, scales: Sequence[Sequence[float]]) -> list:
         for axis, (n, s) in enumerate(zip(spatial, scale)):
             m = round(n * s)
             if m != n:
-                index = torch.as_tensor(nearest_exact_indices(n, m), device=target.device)
-                resized = resized.index_select(2 + axis, index)
-        out.append(resized)
+                indices = nearest_exact_indices(n, m)
+                step = indices[1] - indices[0] if m > 1 else 1
+                if step > 0 and np.array_equal(indices, indices[0] + step * np.arange(m)):
+                    # evenly spaced (an integer factor, the usual case): a strided view, copied once below
+                    view = [slice(None)] * resized.ndim
+                    view[2 + axis] = slice(int(indices[0]), int(indices[-1]) + 1, int(step))
+                    resized = resized[tuple(view)]
+                else:
+                    resized = resized.index_select(2 + axis, torch.as_tensor(indices, device=target.device))
+        out.append(resized.contiguous())
     return out
 
 
