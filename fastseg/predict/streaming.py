@@ -789,3 +789,32 @@ def _save(scratch: Path, k: int, state: dict, plan: StreamPlan, acc, wts, w0: in
     for old in scratch.glob(f"state-{k - 1}-*.raw"):
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
+
+
+# --- deciding ---------------------------------------------------------------------------------------
+
+
+def in_memory_bytes(predictor: Any, paths: Sequence[Path]) -> int | None:
+    """About how many bytes predicting the case in memory takes (image, its normalized and
+    resampled copies, the accumulator and weights, the labels), from the files' headers; None for
+    2D images and files whose header cannot be read (they are never streamed)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(paths[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = reader.GetSize()
+    if reader.GetDimension() != 3 or size[2] <= 1:
+        return None
+    spacing = [abs(float(s)) for s in reader.GetSpacing()[::-1]]
+    try:
+        geo = _Geometry(predictor, size[::-1], {"spacing": spacing})
+    except (KeyError, IndexError, ValueError):  # plans this estimate does not understand: never streamed
+        return None
+    voxels = float(np.prod(size))
+    scale = float(np.prod([s / t for s, t in zip(geo.spacing, geo.target)]))
+    cin, cout = len(paths), geo.cout
+    return int(voxels * (8 * cin + 5) + voxels * scale * 4 * (cin + cout + 1))
