@@ -541,18 +541,20 @@ class PatchSampler:
             starts[b] = start
             classes.append(selected)
 
-        def transform(b: int) -> None:
+        def transform(samples: range) -> None:
             with num_threads(1):
-                transform_patch(cases[b].data, cases[b].seg, starts[b].tolist(), self.patch_size[lead:], draws[b],
-                                data[b], seg[b])
+                for b in samples:
+                    transform_patch(cases[b].data, cases[b].seg, starts[b].tolist(), self.patch_size[lead:], draws[b],
+                                    data[b], seg[b])
 
-        if workers > 1 and self.batch_size > 1:
+        workers = min(workers, self.batch_size)
+        if workers > 1:
             if self._pool is None or self._pool_size != workers:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="fastseg-patch"), workers
-            list(self._pool.map(transform, range(self.batch_size)))  # the kernel releases the GIL
+            # one task per thread (every workers-th sample): few hand-offs; the kernel releases the GIL
+            list(self._pool.map(transform, [range(w, self.batch_size, workers) for w in range(workers)]))
         else:
-            for b in range(self.batch_size):
-                transform(b)
+            transform(range(self.batch_size))
         return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)
