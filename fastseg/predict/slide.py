@@ -436,7 +436,7 @@ def predict_slide(
             logger.info("%s: no partial run to continue in %s; starting from the first row", slide.path, output.parent)
         tiles_per_pass = max(1, batch_size // copies)
         identity["batch_size"] = batch_size
-        chunks = [kept[i : i + tiles_per_pass] for i in range(0, len(kept), tiles_per_pass)]
+        chunks = _batches(kept, tiles_per_pass, options.tissue_mask, patch[0])
 
         def record_rows(rows: int) -> None:
             write_json_atomic({**identity, "finished_rows": rows}, record_path)
@@ -481,6 +481,22 @@ def predict_slide(
     if not small:
         logger.debug("%d tiles were predicted before this run", done_before)
     return report
+
+
+def _batches(offsets: np.ndarray, tiles_per_pass: int, limit_rows: bool, patch_height: int) -> list[np.ndarray]:
+    """The tiles (in the sliding window's order) in batches of `tiles_per_pass`, as the 2D predictor
+    forms them. With `limit_rows` (tiles skipped by the tissue mask) a batch also ends before a tile
+    that starts more than `patch_height` rows below the batch's first, so that the rows held in
+    memory stay within two patch heights however sparse the tissue."""
+    if not limit_rows:
+        return [offsets[i : i + tiles_per_pass] for i in range(0, len(offsets), tiles_per_pass)]
+    ys = offsets[:, 0]
+    batches, start = [], 0
+    for i in range(1, len(offsets) + 1):
+        if i == len(offsets) or i - start == tiles_per_pass or ys[i] - ys[start] > patch_height:
+            batches.append(offsets[start:i])
+            start = i
+    return batches
 
 
 @contextlib.contextmanager
