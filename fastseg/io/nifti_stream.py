@@ -10,9 +10,9 @@ formats) are not streamable (`open_nifti_volume` returns None).
 Writing. `NiftiSlabWriter` writes the header SimpleITK would write for the image's geometry (taken
 from a SimpleITK write of a tiny image with the same geometry and pixel type, dimensions patched),
 then rows in z order. For `.nii.gz` the voxels go through one deflate stream in a gzip member; at
-each `checkpoint()` the stream is flushed with Z_FULL_FLUSH (byte-aligned, the compressor's history
-reset), so a run that is cut off can truncate the file back to its last checkpoint and continue with
-a fresh compressor: `NiftiSlabWriter(..., resume=state)` takes the checkpoint's byte offset, CRC-32
+each `checkpoint()` the stream is flushed with Z_FULL_FLUSH (byte-aligned, no back-references across
+it) and the next rows go to a fresh compressor, so a run that is cut off can truncate the file back to
+its last checkpoint and continue with a fresh compressor, writing the same bytes: `NiftiSlabWriter(..., resume=state)` takes the checkpoint's byte offset, CRC-32
 and length. The caller writes to a temporary path and renames it when `finish()` returns.
 """
 
@@ -279,6 +279,9 @@ class NiftiSlabWriter:
         """Flushes what is written so far to the file; returns the state `resume` takes."""
         if self._deflate is not None:
             self._file.write(self._deflate.flush(zlib.Z_FULL_FLUSH))
+            # A fresh compressor after every checkpoint, as a resumed writer has: the bytes do not
+            # depend on where a run was interrupted.
+            self._deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15)
         self._file.flush()
         os.fsync(self._file.fileno())
         return {"offset": self._file.tell(), "crc": self.crc, "length": self.length}
