@@ -51,8 +51,8 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
         "whole-slide images",
         "Inputs ending in .svs, and TIFF files holding a pyramid (pyramidal TIFF, OME-TIFF), are predicted tile "
         "by tile with a 2D model, never held in memory whole, into a tiled pyramidal label TIFF "
-        "(-o out.tif for one slide, or a folder). Example: fastseg predict -m MODEL -i slide.svs -o slide_labels.tif "
-        "--overlay slide.png",
+        "(-o out.tif for one slide, or a folder); --continue resumes an interrupted slide from its last finished row "
+        "of tiles. Example: fastseg predict -m MODEL -i slide.svs -o slide_labels.tif --overlay slide.png",
     )
     g.add_argument("--slide", action="store_true",
                    help="read the inputs as whole-slide images even when they are not recognised as such (a file that "
