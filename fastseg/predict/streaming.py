@@ -293,8 +293,8 @@ def make_plan(readers: list[SlabReader], properties: dict, predictor: Any, budge
     per_row, carry, pre, exp = _estimates(geo, cropped, net, padded, readers[0].volume.dtype.itemsize)
     usable = int(budget * _HEADROOM)
 
-    # A forward pass's inputs and outputs: the tiles, the network's output, the mirrored sum and its scaled copy.
-    tiles = tpp * int(np.prod(geo.patch)) * 4 * (geo.cin + 3 * geo.cout)
+    # A forward pass's tiles and their mirrored sum (the network's own output counts with the model).
+    tiles = tpp * int(np.prod(geo.patch)) * 4 * (geo.cin + geo.cout)
 
     def fits(rows: int, piece: int, out_rows: int) -> int:
         return rows * per_row + carry + tiles + max(pre(piece), exp(out_rows))
@@ -424,7 +424,7 @@ def _run_batch(predictor: Any, source, tiles: np.ndarray, acc, weights, importan
         x = torch.stack([source[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in tiles])
     x = x.to(predictor.device, non_blocking=True)
     total = _mirrored_sum(predictor.networks, x, [tuple(a + 2 for a in combo) for combo in combos], predictor.batch_size)
-    total = total * scale
+    total.mul_(scale)  # in place: the same values as the in-memory path's `total * scale`
     if two_d:
         total = total[:, :, None]
     accumulate_tiles(acc, total.cpu(), np.ascontiguousarray(tiles), weights=weights, importance_map=importance)
