@@ -113,7 +113,7 @@ def test_streaming_costs_at_most_15_percent(model, tmp_path):
         f"streamed {statistics.median(times['streamed']):.2f} s, ratio {ratio:.3f}; labels equal "
         f"{np.mean(mem == streamed):.6f}; load {load_before} -> {_uptime()}"
     )
-    assert slabs >= 4
+    assert slabs > 1
     assert np.array_equal(mem, streamed)
     assert ratio <= 1.15, f"streaming costs {100 * (ratio - 1):.1f} % over in-memory prediction"
 
