@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,10 +64,16 @@ def join(address: str | None):
         return ray
     kwargs = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     try:
-        if address is None:
-            ray.init(**kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        # Ray puts the driver's working directory first on its workers' import path: run from a
+        # source checkout (the repository root), they would import its uncompiled fastseg/ folder
+        # instead of the installed package. So the driver stands in the folder that holds the
+        # installed package while it joins; each worker then moves to the driver's working
+        # directory (fastseg.distributed.scheduler), where relative paths mean what they mean here.
+        with contextlib.chdir(_installed_package_parent()):
+            if address is None:
+                ray.init(**kwargs)
+            else:
+                ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = "on this machine" if address in (None, "auto") else f"at {address}"
         raise ClusterError(
@@ -74,6 +81,13 @@ def join(address: str | None):
             "--address HEAD:6379` on the other nodes), or give --ray without an address for a local one"
         ) from None
     return ray
+
+
+def _installed_package_parent() -> str:
+    """The folder that holds the fastseg package this process runs (site-packages, for an install)."""
+    import fastseg
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(fastseg.__file__)))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -106,9 +107,12 @@ class ClusterReport:
 class _CaseWorker:
     """The actor: sets its threads, builds its state once, then runs cases one at a time."""
 
-    def __init__(self, setup: str | None, setup_args: tuple, threads: int) -> None:
+    def __init__(self, setup: str | None, setup_args: tuple, threads: int, cwd: str | None = None) -> None:
         import os
         import socket
+
+        if cwd is not None and os.path.isdir(cwd):  # relative paths mean what they mean to the driver
+            os.chdir(cwd)
 
         import torch
 
@@ -210,7 +214,7 @@ def run_cases(
         options = {"num_cpus": slot.cpus, "num_gpus": slot.gpus, "max_restarts": 0, "max_task_retries": 0,
                    "scheduling_strategy": NodeAffinitySchedulingStrategy(slot.node_id, soft=True)}
         threads = max(1, int(slot.cpus))
-        handle = actor_class.options(**options).remote(setup, setup_args, threads)
+        handle = actor_class.options(**options).remote(setup, setup_args, threads, os.getcwd())
         stats = WorkerStats(name=str(len(report.workers)), host=slot.host)
         report.workers.append(stats)
         worker = _Worker(handle, slot, stats, starting=handle.__ray_ready__.remote())
