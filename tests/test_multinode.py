@@ -30,7 +30,10 @@ MODEL = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 EPOCHS = 4
 ARGS = ["-c", "3d_fullres", "-f", "all", "--epochs", str(EPOCHS), "--save-every", "1", "--no-final-validation",
         "--iterations-per-epoch", "3", "--val-iterations", "0", "--workers", "1", "--no-compile"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from fastseg.runtime.workers import child_import_environment  # noqa: E402
+
+# `python -m fastseg` started from the repository root imports the installed package, not the source folder
+ENV = child_import_environment({**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _free_port() -> int:

@@ -232,8 +232,11 @@ def _hwm(run: subprocess.CompletedProcess) -> int:
 
 
 def _run(*args, timeout=600) -> subprocess.CompletedProcess:
+    from fastseg.runtime.workers import child_import_environment
+
+    # `python -c` from the repository root would import the source folder, not the installed package
     return subprocess.run([*map(str, args)], capture_output=True, text=True, encoding="utf-8", errors="replace",
-                          timeout=timeout)
+                          timeout=timeout, env=child_import_environment(os.environ))
 
 
 UNACCOUNTED = 24 * 2**20  # bytes of fixed excess over the budget, see the docstring

@@ -116,11 +116,14 @@ def run_measured(
         interval: seconds between memory samples (default 0.05).
         timeout: seconds before the command is killed (subprocess.TimeoutExpired is raised).
     """
+    from fastseg.runtime.workers import child_import_environment
+
     measurable = Path("/proc/self/smaps_rollup").exists()
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    env = child_import_environment(env if env is not None else os.environ)
     start = time.perf_counter()
     proc = subprocess.Popen(
-        list(command), cwd=cwd, env=dict(env) if env is not None else None, stdout=subprocess.PIPE,
+        list(command), cwd=cwd, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", preexec_fn=preexec,
     )
     peak = [0]

@@ -254,7 +254,7 @@ def run_cases(
 
     def give_up(task: CaseTask, error: str, bar) -> None:
         report.failed[task.key] = error
-        logger.error("case %s failed after %d attempt(s): %s", task.key, report.attempts[task.key], error)
+        logger.error("case %s failed after %d attempt(s): %s", task.key, report.attempts.get(task.key, 0), error)
         bar.update()
 
     def attempt_failed(task: CaseTask, error: str, bar) -> None:

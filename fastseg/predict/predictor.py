@@ -295,26 +295,39 @@ class Predictor:
                 report.failed[case.identifier] = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
             logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
 
+        handed: set[str] = set()
+
         def read() -> None:
-            self._pin_kernel_threads()
-            for case, out in todo:
-                if stop.is_set():
-                    break
-                t = time.perf_counter()
-                try:
-                    data, props = fio.read_images(case.images)
-                    pre, pprops = self.preprocess(data, props)
-                except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
-                    fail(case, err)
-                    continue
-                finally:
-                    with lock:
-                        report.seconds["read"] += time.perf_counter() - t
-                loaded.put((case, out, pre, pprops))
-            loaded.put(None)
+            try:
+                self._pin_kernel_threads()
+                for case, out in todo:
+                    if stop.is_set():
+                        break
+                    t = time.perf_counter()
+                    try:
+                        data, props = fio.read_images(case.images)
+                        pre, pprops = self.preprocess(data, props)
+                    except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
+                        fail(case, err)
+                        continue
+                    finally:
+                        with lock:
+                            report.seconds["read"] += time.perf_counter() - t
+                    loaded.put((case, out, pre, pprops))
+                    handed.add(case.identifier)
+            except BaseException as err:  # the stage itself broke: every case not handed on fails with its error
+                for case, _ in todo:
+                    if case.identifier not in report.failed and case.identifier not in handed:
+                        fail(case, err)
+            finally:
+                loaded.put(None)  # the network stage always learns that reading is over
 
         def write() -> None:
-            self._pin_kernel_threads()
+            broken = None
+            try:
+                self._pin_kernel_threads()
+            except BaseException as err:  # noqa: BLE001 -- every case then fails with it; the queue keeps draining
+                broken = err
             while True:
                 item = predicted.get()
                 if item is None:
@@ -322,6 +335,8 @@ class Predictor:
                 case, out, acc, weights, props = item
                 t = time.perf_counter()
                 try:
+                    if broken is not None:
+                        raise broken
                     self._write(out, acc, weights, props, save_probabilities)
                     with lock:
                         report.written.append(out)

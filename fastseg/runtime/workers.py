@@ -44,7 +44,7 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -117,6 +117,14 @@ _server_lock = threading.Lock()
 def _import_path() -> list[str]:
     """This process's `sys.path`, with the working-directory entry ('') made absolute."""
     return [p or os.getcwd() for p in sys.path]
+
+
+def child_import_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a Python child process of this one (`python -m fastseg...`, torchrun): this
+    process's import path in PYTHONPATH and PYTHONSAFEPATH set, so that the child imports the
+    fastseg this process runs, not an uncompiled fastseg/ source folder in its working directory
+    (which `python -m` and `-c` would put first on its path)."""
+    return {**env, "PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(_import_path())}
 
 
 @contextlib.contextmanager
