@@ -109,9 +109,11 @@ def test_benchmark_loader_against_nnunet(work, capsys):
                      "--workers", "1"]) == 0
     text = capsys.readouterr().out
     assert "fastseg" in text and "nnU-Net" in text and "x the samples per second" in text
-    # CPU time of each tool's process tree over the timed batches: a positive figure on both lines
+    # CPU time of each tool's process tree over the timed batches, read in clock ticks (10 ms) from
+    # /proc: a run of 3 batches can read no tick for one tool (seen in a fresh install), which prints "-"
     cpu = [float(m.replace(",", "")) for m in re.findall(r"([\d,.]+) CPU ms/sample", text)]
-    assert len(cpu) == 2 and min(cpu) > 0 and "x the CPU time per sample" in text
+    assert 1 <= len(cpu) <= 2 and min(cpu) > 0
+    assert ("x the CPU time per sample" in text) == (len(cpu) == 2)
     plans = json.loads((work / "plans.json").read_text())
     ref = work / ".nnunet_reference" / "nnUNet_preprocessed" / plans["dataset_name"] / plans["configurations"]["3d_fullres"]["data_identifier"]
     assert len(list(ref.glob("*.pkl"))) == 3  # nnU-Net preprocessed every case in its own format
