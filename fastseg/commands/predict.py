@@ -68,9 +68,23 @@ def _copy_model_files(model, folder: Path) -> None:
         write_json_atomic(content, target)
 
 
+def _cases_and_outputs(args: argparse.Namespace, model) -> tuple[list, list[Path], dict]:
+    """The input cases (problems printed), their output files, and dataset.json / plans.json copied
+    beside them when the output is a folder: (cases, outputs, problems)."""
+    from fastseg.predict.inputs import find_cases
+
+    ending = model.dataset_json.get("file_ending", ".nii.gz")
+    cases, problems = find_cases(args.input, model.num_input_channels, ending)
+    for name, problem in problems.items():
+        print(f"error: {name}: {problem}", file=sys.stderr)
+    outputs = _outputs(cases, Path(args.output), ending)
+    if outputs and outputs[0].parent == Path(args.output):
+        _copy_model_files(model, Path(args.output))
+    return cases, outputs, problems
+
+
 @reports_errors
 def run(args: argparse.Namespace) -> int:
-    from fastseg.predict.inputs import find_cases
     from fastseg.predict.model import ModelFolderError
     from fastseg.predict.predictor import Predictor
 
@@ -78,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from fastseg.commands.ray_cluster import predict_on_ray
 
-        return predict_on_ray(args, dataset_model_folder(args, args.model, "-m MODEL_DIR"), folds, _outputs, _copy_model_files)
+        return predict_on_ray(args, dataset_model_folder(args, args.model, "-m MODEL_DIR"), folds, _cases_and_outputs)
     if args.device == "cpu":
         from fastseg.runtime.heap import retain_freed_memory
 
@@ -103,13 +117,7 @@ def run(args: argparse.Namespace) -> int:
     slides = slide_inputs(args.input, args.slide)
     if slides:  # whole-slide images: streamed tile by tile into pyramidal label TIFFs
         return run_slides(args, predictor, slides)
-    ending = model.dataset_json.get("file_ending", ".nii.gz")
-    cases, problems = find_cases(args.input, model.num_input_channels, ending)
-    for name, problem in problems.items():
-        print(f"error: {name}: {problem}", file=sys.stderr)
-    outputs = _outputs(cases, Path(args.output), ending)
-    if outputs and outputs[0].parent == Path(args.output):
-        _copy_model_files(model, Path(args.output))
+    cases, outputs, problems = _cases_and_outputs(args, model)
     print(
         f"{len(cases)} case(s), model {model.path.name} ({model.configuration}, folds "
         f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device}, "

@@ -87,11 +87,10 @@ def evaluate_mapper(args: argparse.Namespace):
     return ClusterMap(_join(args), cpus_per_worker=args.ray_cpus_per_worker, retries=args.ray_retries)
 
 
-def predict_on_ray(args: argparse.Namespace, model_dir: Path, folds, outputs_for, copy_model_files) -> int:
+def predict_on_ray(args: argparse.Namespace, model_dir: Path, folds, cases_and_outputs) -> int:
     """`fastseg predict --ray`: the model folder checked here, the cases predicted by the cluster's workers
-    (`outputs_for(cases, output, ending)` names the output files, `copy_model_files(model, folder)` puts
-    dataset.json and plans.json beside them, as `fastseg predict` does)."""
-    from fastseg.predict.inputs import find_cases
+    (`cases_and_outputs(args, model)` finds the cases and names their output files as `fastseg predict`
+    does: (cases, outputs, problems))."""
     from fastseg.predict.model import ModelFolderError, load_model_folder
 
     from fastseg.commands.predict_slide import slide_inputs
@@ -106,13 +105,7 @@ def predict_on_ray(args: argparse.Namespace, model_dir: Path, folds, outputs_for
     ray = _join(args)
     from fastseg.distributed.predict import predict_on_cluster
 
-    ending = model.dataset_json.get("file_ending", ".nii.gz")
-    cases, problems = find_cases(args.input, model.num_input_channels, ending)
-    for name, problem in problems.items():
-        print(f"error: {name}: {problem}", file=sys.stderr)
-    outputs = outputs_for(cases, Path(args.output), ending)
-    if outputs and outputs[0].parent == Path(args.output):
-        copy_model_files(model, Path(args.output))
+    cases, outputs, problems = cases_and_outputs(args, model)
     print(
         f"{len(cases)} case(s), model {model.path.name} ({model.configuration}, folds "
         f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device}, "
