@@ -59,17 +59,22 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
-def tree_pss_bytes(pid: int) -> int:
-    """Summed PSS of `pid` and all its descendants, now."""
-    total, todo, seen = 0, [pid], set()
+def _tree(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    found, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        total += _pss_bytes(p)
+        found.append(p)
         todo.extend(_children(p))
-    return total
+    return found
+
+
+def tree_pss_bytes(pid: int) -> int:
+    """Summed PSS of `pid` and all its descendants, now."""
+    return sum(_pss_bytes(p) for p in _tree(pid))
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -86,15 +91,7 @@ def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by `pid` and its live descendants (all threads): the
     difference of two readings is the work done in between, whatever share of the CPUs other
     processes took meanwhile."""
-    total, todo, seen = 0.0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += _cpu_seconds(p)
-        todo.extend(_children(p))
-    return total
+    return sum(_cpu_seconds(p) for p in _tree(pid))
 
 
 def run_measured(
