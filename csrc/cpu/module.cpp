@@ -191,6 +191,7 @@ void register_sampling(py::module_& m);
 void register_metrics(py::module_& m);
 void register_surface(py::module_& m);
 void register_spatial(py::module_& m);
+void register_intensity(py::module_& m);
 }  // namespace fastseg::bind
 
 PYBIND11_MODULE(_C, m) {
@@ -220,4 +221,5 @@ PYBIND11_MODULE(_C, m) {
   fastseg::bind::register_metrics(m);
   fastseg::bind::register_surface(m);
   fastseg::bind::register_spatial(m);
+  fastseg::bind::register_intensity(m);
 }

@@ -36,8 +36,12 @@ interpolation at `S // 2 - P // 2`, as batchgeneratorsv2's `crop_tensor` does.
 On the CPU the training loader applies the spatial transform and the noise before DALI, natively, while
 reading the patch from the memory-mapped case (fastseg.data.spatial, the same geometry and parameter
 draws; `AugmentSpec.source_spatial`): DALI's CPU warp_affine costs ~78 ns an output voxel, the native
-pass a fraction of that, and DALI never holds the larger initial patch. The graph below still does both
-for the GPU path and for sources that deliver initial patches.
+pass a fraction of that, and DALI never holds the larger initial patch. It then applies everything after
+the noise natively too (fastseg.data.intensity, the same steps, order and parameter draws;
+`AugmentSpec.source_intensity`): on 2D patches DALI's fixed cost per operator and batch (and the
+conditionals' split and merge copies) outweighed the arithmetic, so the CPU loader's batches leave the
+source finished. The graph below still does all of it for the GPU path and for sources that deliver
+initial patches.
 
 How it maps onto DALI. Channels are treated as frames (`FDHWC` with C = 1, or `FDHW`) so that every
 per-channel parameter is a per-frame argument (`fn.per_frame`) and no transpose is needed: warp_affine
@@ -133,6 +137,9 @@ class AugmentSpec:
             (`fastseg.data.spatial`, the CPU loader's native path) and delivers patches of `patch_size`:
             the pipeline starts at the blur (default False: the pipeline does both, from the initial
             patch).
+        source_intensity: with source_spatial, the source has also applied everything after the noise
+            (`fastseg.data.intensity`: blur to masking, and -1 -> 0): the pipeline passes its batches
+            through (default False).
     """
 
     patch_size: tuple
@@ -150,12 +157,15 @@ class AugmentSpec:
     lowres_scale: tuple[float, float] = (0.5, 1.0)
     gamma: tuple[float, float] = (0.7, 1.5)
     source_spatial: bool = False
+    source_intensity: bool = False
 
     def __post_init__(self):
         patch = tuple(int(s) for s in self.patch_size)
         if len(patch) not in (2, 3) or min(patch) < 1:
             raise ValueError(f"patch_size must be 2 or 3 positive sizes, got {self.patch_size}")
         object.__setattr__(self, "patch_size", patch)
+        if self.source_intensity and not self.source_spatial:
+            raise ValueError("source_intensity needs source_spatial (the source applies the spatial transform first)")
         if self.dummy_2d and len(patch) != 3:
             raise ValueError(f"dummy_2d needs a 3D patch_size, got {patch}")
         axes = tuple(int(a) for a in self.mirror_axes)
@@ -608,6 +618,8 @@ def _augmentation_pipeline(source, spec: AugmentSpec, device: str):
     data, seg = fn.external_source(source=source, num_outputs=2, batch=True,
                                    dtype=[types.FLOAT, types.INT16], layout=[_layout(ndim)] * 2)
     input_shape = data.shape(dtype=types.INT32)  # (C, *initial patch), on the CPU
+    if spec.source_intensity:
+        return data, seg  # the source's batches are final (fastseg.data.intensity)
     if device == "gpu":
         data, seg = data.gpu(), seg.gpu()
     if spec.augment:

@@ -94,6 +94,13 @@ class _BatchSource:
         rng = np.random.default_rng([self.seed, int(getattr(info, "epoch_idx", 0)), iteration])
         if self.spec is not None:
             batch = self._sampler.sample_transformed_batch(self.spec, rng, workers=self.threads)
+            if self.spec.source_intensity:
+                from fastseg.data.intensity import apply_intensity, draw_intensity
+                from fastseg.threads import num_threads
+
+                draw = draw_intensity(self.spec, rng, batch.data.shape[0], batch.data.shape[1])
+                with num_threads(self.threads):
+                    apply_intensity(batch.data, batch.seg, draw, self.spec)
         else:
             batch = self._sampler.sample_batch(rng)
         return list(batch.data), list(batch.seg)
@@ -273,11 +280,13 @@ def make_training_loader(
     device_id = None
     if device.startswith("cuda"):
         device_id = int(device.partition(":")[2] or 0)
-    # On the CPU the source applies the spatial transform and the noise natively (fastseg.data.spatial),
-    # reading only the final patch's voxels; on a GPU DALI does, from the initial patch.
-    source_spatial = augment and device_id is None
+    # On the CPU the source applies every augmentation natively: the spatial transform and the noise
+    # (fastseg.data.spatial, reading only the final patch's voxels), then the rest (fastseg.data.intensity);
+    # on a GPU DALI does, from the initial patch.
+    source_spatial = device_id is None
     spec = AugmentSpec(patch_size=patch, rotation=tuple(setup.rotation), dummy_2d=setup.dummy_2d,
-                       mirror_axes=tuple(setup.mirror_axes), augment=augment, source_spatial=source_spatial)
+                       mirror_axes=tuple(setup.mirror_axes), augment=augment, source_spatial=source_spatial,
+                       source_intensity=source_spatial)
     source = _BatchSource(str(folder), case_ids, read_patch, patch, batch, seed, len(patch) == 2, oversample_foreground_percent,
                           spec if source_spatial else None, threads=workers)
     pipeline = build_augmentation_pipeline(source, spec, batch, num_threads=workers, device_id=device_id, seed=seed,
