@@ -24,7 +24,7 @@ BGContrast(lo, hi) is U(lo, 1) with probability 1/2 (if lo < 1), else U(max(lo, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,10 @@ class IntensityDraw:
     gamma_inverted: np.ndarray
     gamma: np.ndarray
     mirror: np.ndarray
+
+    def __getitem__(self, samples: slice) -> IntensityDraw:
+        """The parameters of a slice of the batch's samples."""
+        return IntensityDraw(*(getattr(self, f.name)[samples] for f in fields(self)))
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float, shape) -> np.ndarray:

@@ -504,22 +504,24 @@ class PatchSampler:
 
     def sample_transformed_batch(self, spec, rng: np.random.Generator | None = None, *, workers: int = 1) -> SampledBatch:
         """Draws one batch as `sample_batch` does and returns its final patches: each sample's spatial
-        transform and noise (`fastseg.data.spatial`) applied while reading, from the memory maps.
+        transform and noise (`fastseg.data.spatial`) applied while reading, from the memory maps, and with
+        `spec.source_intensity` everything after them (`fastseg.data.intensity`).
 
         The patches are placed as in `sample_batch` (the initial patch, `patch_size`); each sample then
         draws its rotation, scaling and noise (`draw_spatial`, after its position) and only the final
-        patch is written.
+        patch is written; the batch's intensity parameters are drawn after all of those.
 
         Args:
             spec: the `fastseg.data.augment.AugmentSpec`; its patch_size is the final patch and must be
                 `final_patch_size`.
             rng: the generator to draw with; default the sampler's own.
-            workers: threads that transform the samples, one sample at a time each (one kernel thread
-                per sample); the draws stay sequential, so the batch does not depend on it (default 1).
+            workers: threads that transform the samples, each a contiguous share of the batch with one
+                kernel thread (no OpenMP team whose idle threads spin between batches); the draws stay
+                sequential, so the batch does not depend on it (default 1).
 
         Returns:
             The `SampledBatch` of final patches: data (B, C, *spec.patch_size) float32 and seg
-            (B, 1, *spec.patch_size) int16 with -1 outside the case.
+            (B, 1, *spec.patch_size) int16 with -1 outside the case (0 with `spec.source_intensity`).
         """
         from fastseg.data.spatial import draw_spatial, transform_patch
         from fastseg.threads import num_threads
@@ -540,12 +542,22 @@ class PatchSampler:
             draws.append(draw_spatial(spec, rng))
             starts[b] = start
             classes.append(selected)
+        finish = None
+        if getattr(spec, "source_intensity", False):
+            from fastseg.data.intensity import apply_intensity, draw_intensity
+
+            intensity = draw_intensity(spec, rng, self.batch_size, channels)
+
+            def finish(lo: int, hi: int) -> None:
+                apply_intensity(data[lo:hi], seg[lo:hi], intensity[lo:hi], spec)
 
         def transform(samples: range) -> None:
             with num_threads(1):
                 for b in samples:
                     transform_patch(cases[b].data, cases[b].seg, starts[b].tolist(), self.patch_size[lead:], draws[b],
                                     data[b], seg[b])
+                if finish is not None and len(samples):
+                    finish(samples.start, samples.stop)
 
         workers = min(workers, self.batch_size)
         if workers > 1:
@@ -553,8 +565,9 @@ class PatchSampler:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="fastseg-patch"), workers
-            # one task per thread (every workers-th sample): few hand-offs; the kernel releases the GIL
-            list(self._pool.map(transform, [range(w, self.batch_size, workers) for w in range(workers)]))
+            # one task per thread (a contiguous share of the samples): few hand-offs; the kernels release the GIL
+            bounds = np.linspace(0, self.batch_size, workers + 1).round().astype(int)
+            list(self._pool.map(transform, [range(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
         else:
             transform(range(self.batch_size))
         return SampledBatch(data=data, seg=seg, keys=keys, forced=list(self.forced), starts=starts, classes=classes)
