@@ -38,4 +38,15 @@ FASTSEG_HD T clamp_value(T v, T lo, T hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// floorf(x) for |x| < 2^63, exactly, inline: the portable x86-64 build has no SSE4.1 (roundss), so
+// floorf is a library call there, which per-sample loops (coordinates, indices) cannot afford.
+FASTSEG_HD float floor_value(float x) {
+#if defined(__CUDA_ARCH__)
+  return floorf(x);
+#else
+  const float t = static_cast<float>(static_cast<int64_t>(x));  // truncation; exact (|x| >= 2^23 is integral)
+  return t > x ? t - 1.0f : t;
+#endif
+}
+
 }  // namespace fastseg

@@ -52,7 +52,7 @@ FASTSEG_HD int64_t reflect_index(int64_t i, int64_t n) {
 // Nearest-exact source voxel of downsampled voxel j (n -> m voxels), torch's float32 arithmetic.
 FASTSEG_HD int64_t nearest_exact_source(int64_t j, int64_t n, int64_t m) {
   const float scale = static_cast<float>(n) / static_cast<float>(m);
-  const int64_t k = static_cast<int64_t>(floorf(static_cast<float>((static_cast<double>(j) + 0.5) * scale)));
+  const int64_t k = static_cast<int64_t>(floor_value(static_cast<float>((static_cast<double>(j) + 0.5) * scale)));
   return k < n - 1 ? k : n - 1;
 }
 
@@ -61,7 +61,7 @@ FASTSEG_HD void linear_source(int64_t i, int64_t m, int64_t n, int64_t* first, f
   const float scale = static_cast<float>(m) / static_cast<float>(n);
   float s = scale * (static_cast<float>(i) + 0.5f) - 0.5f;
   if (s < 0.0f) s = 0.0f;
-  int64_t k = static_cast<int64_t>(floorf(s));
+  int64_t k = static_cast<int64_t>(floor_value(s));
   if (k > m - 1) k = m - 1;
   float f = s - static_cast<float>(k);
   *first = k;

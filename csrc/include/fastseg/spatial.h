@@ -54,7 +54,7 @@ FASTSEG_HD bool in_box(const Box3& box, int64_t z, int64_t y, int64_t x) {
 // outside `box`; every neighbour checked.
 FASTSEG_HD float trilinear_checked(const float* in, int64_t sz, int64_t sy, const Box3& box, float pz, float py,
                                    float px) {
-  const float fz0 = floorf(pz), fy0 = floorf(py), fx0 = floorf(px);
+  const float fz0 = floor_value(pz), fy0 = floor_value(py), fx0 = floor_value(px);
   const int64_t z0 = static_cast<int64_t>(fz0), y0 = static_cast<int64_t>(fy0), x0 = static_cast<int64_t>(fx0);
   const float wz[2] = {1.0f - (pz - fz0), pz - fz0};
   const float wy[2] = {1.0f - (py - fy0), py - fy0};
@@ -75,7 +75,7 @@ FASTSEG_HD float trilinear_checked(const float* in, int64_t sz, int64_t sy, cons
 // neighbour per axis (the stride, or 0 on a flat axis).
 FASTSEG_HD float trilinear_inside(const float* in, int64_t sz, int64_t sy, int64_t dz, int64_t dy, int64_t dx,
                                   float pz, float py, float px) {
-  const float fz0 = floorf(pz), fy0 = floorf(py), fx0 = floorf(px);
+  const float fz0 = floor_value(pz), fy0 = floor_value(py), fx0 = floor_value(px);
   const float tz = pz - fz0, ty = py - fy0, tx = px - fx0;
   const float* q = in + static_cast<int64_t>(fz0) * sz + static_cast<int64_t>(fy0) * sy + static_cast<int64_t>(fx0);
   const float c00 = q[0] + tx * (q[dx] - q[0]);
@@ -91,9 +91,9 @@ FASTSEG_HD float trilinear_inside(const float* in, int64_t sz, int64_t sy, int64
 template <typename L>
 FASTSEG_HD int16_t nearest_label(const L* in, int64_t sz, int64_t sy, const Box3& box, float pz, float py, float px,
                                  int16_t outside) {
-  const int64_t z = static_cast<int64_t>(floorf(pz + 0.5f));
-  const int64_t y = static_cast<int64_t>(floorf(py + 0.5f));
-  const int64_t x = static_cast<int64_t>(floorf(px + 0.5f));
+  const int64_t z = static_cast<int64_t>(floor_value(pz + 0.5f));
+  const int64_t y = static_cast<int64_t>(floor_value(py + 0.5f));
+  const int64_t x = static_cast<int64_t>(floor_value(px + 0.5f));
   return in_box(box, z, y, x) ? static_cast<int16_t>(in[z * sz + y * sy + x]) : outside;
 }
 
