@@ -166,11 +166,12 @@ def transform_patch(data: np.ndarray, seg: np.ndarray, start: Sequence[int], inp
     patch = out.shape[1:]
     ndim = len(patch)
     matrix = index_matrix(draw.matrix, input_size, patch, start)
-    shape = np.asarray(data.shape[1:], np.int64)
-    first = np.asarray(start, np.int64)
-    size = np.asarray((1, *input_size) if ndim == 2 else input_size, np.int64)
-    box = np.stack([np.clip(first, 0, shape), np.clip(first + size, 0, shape)], axis=1)
-    box[:, 1] = np.maximum(box[:, 0], box[:, 1])
+    size = (1, *input_size) if ndim == 2 else tuple(input_size)
+    box = []  # the initial patch within the case, [lo, hi) per axis (plain ints: this runs per sample)
+    for first, side, n in zip(start, size, data.shape[1:]):
+        lo = min(max(int(first), 0), n)
+        box.append((lo, max(lo, min(max(int(first) + int(side), 0), n))))
+    box = np.array(box, np.int64)
     view = (lambda x: x[:, None]) if ndim == 2 else (lambda x: x)
     affine_patch(data, seg, view(out), view(seg_out), matrix, box, outside=SEG_OUTSIDE,
                  noise_std=draw.noise_std, noise_seed=draw.noise_seed)

@@ -26,7 +26,7 @@ __all__ = ["affine_patch"]
 def _check_array(a, name: str, dtypes: tuple, ndim: int = 4) -> None:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype not in dtypes:
+    if a.dtype.type not in dtypes:  # by type: comparing dtypes with `in` converts each one (slow per call)
         raise TypeError(f"{name} must have dtype {' or '.join(str(np.dtype(d)) for d in dtypes)}, got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}D (C, D, H, W), got shape {a.shape}")
@@ -84,8 +84,7 @@ def affine_patch(
     box = np.ascontiguousarray(box, dtype=np.int64)
     if matrix.shape != (3, 4) or not np.isfinite(matrix).all():
         raise ValueError(f"matrix must be a finite (3, 4) array, got shape {matrix.shape}")
-    if box.shape != (3, 2) or (box[:, 0] < 0).any() or (box[:, 0] > box[:, 1]).any() \
-            or (box[:, 1] > np.array(data.shape[1:])).any():
+    if box.shape != (3, 2) or not all(0 <= lo <= hi <= n for (lo, hi), n in zip(box.tolist(), data.shape[1:])):
         raise ValueError(f"box must be (3, 2) with 0 <= lo <= hi <= {data.shape[1:]} per axis, got {box.tolist()}")
     if not noise_std >= 0.0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
