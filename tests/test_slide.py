@@ -235,6 +235,38 @@ def test_mosaic_streamed_equals_in_memory_and_memory_stays_bounded(rgb_model, sl
     _check_pyramid(out, reference, 256, report.mpp)
 
 
+def test_wide_slide_memory_does_not_grow_with_width(rgb_model, slide_pixels, tmp_path):
+    """A slide 16 copies of the real slide wide (192 x 47472, 500 tiles per row) as a pyramidal
+    tiled TIFF, every tile predicted (mask off), against one copy (192 x 2967):
+
+    - the wide run's peak resident memory exceeds the narrow run's by less than a quarter of the
+      band an in-memory band of rows would take (two patch heights of the wide slide's width, float32
+      input, accumulator and weights: 192 x 47472 x 6 x 4 bytes = 219 MB);
+    - its labels equal the in-memory prediction of the whole level, pixel for pixel.
+    """
+    rows = slide_pixels[1000:1192]
+    copies = [rows if k % 2 == 0 else rows[:, ::-1] for k in range(16)]
+    wide = np.ascontiguousarray(np.concatenate(copies, axis=1))
+    wide_path = _write_pyramid(tmp_path / "wide.tif", wide, levels=3, tile=256, mpp=0.5)
+    narrow_path = _write_pyramid(tmp_path / "narrow.tif", np.ascontiguousarray(rows), levels=2, tile=256, mpp=0.5)
+    common = ["-m", str(rgb_model), "--no-tta", "--step-size", "1", "--batch-size", str(BATCH), "--threads", "2",
+              "--no-tissue-mask", "--tile-size", "512"]
+    rc, text, narrow_rss = _run_with_peak_rss(["predict", "-i", str(narrow_path), "-o", str(tmp_path / "n.tif"), *common],
+                                              tmp_path)
+    assert rc == 0, text
+    rc, text, wide_rss = _run_with_peak_rss(["predict", "-i", str(wide_path), "-o", str(tmp_path / "w.tif"), *common],
+                                            tmp_path)
+    assert rc == 0, text
+    band = 2 * PATCH * wide.shape[1] * (3 + 2 + 1) * 4
+    assert wide_rss - narrow_rss < band / 4, (wide_rss, narrow_rss, band)
+    labels = tifffile.imread(tmp_path / "w.tif")
+    assert labels.shape == wide.shape[:2] and labels.any() and not labels.all()
+    reference = _in_memory(_predictor(rgb_model), wide)
+    assert int((labels != reference).sum()) == 0
+    _check_pyramid(tmp_path / "w.tif", reference, 512, 0.5)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch, rings and record removed
+
+
 # --- tissue mask ---------------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ Reading (tifffile; nothing else needed). A slide is an SVS file, a pyramidal TIF
 SubIFDs or as reduced pages) or an OME-TIFF, RGB(A) or any number of 8/16-bit samples. Its
 levels are `SlideLevel`s, largest first; `Slide.read_rows(level, y0, y1)` decodes only the tiles
 (or strips) that rows y0..y1 of that level cross, keeping the last decoded row of tiles, so a
-caller walking down the slide decodes each tile once.
+caller walking down the slide decodes each tile once. `Slide.read_region(level, y0, y1, x0, x1)`
+decodes only the tiles the region crosses and keeps none, so its memory does not depend on the
+slide's width (a strip-organized level, whose strips span the width, is read by rows).
 
 Pixel size (micrometres per pixel at level 0), the first that the file has:
 1. Aperio's `MPP = m` in the SVS ImageDescription;
@@ -17,9 +19,10 @@ A file with a single level that is not an SVS file (whose thumbnail serves as th
 view) is not a slide: `open_slide` refuses it, naming the file, so that it is predicted as an
 ordinary image or written as a pyramid first.
 
-Writing. `LabelScratch` is a raw row-major file of labels on disk (rows written as they are
-finished, read back with plain reads, never mapped, so they do not count towards the process's
-memory), and `write_label_pyramid` turns it into a tiled, zlib-compressed pyramidal TIFF (level 0
+Writing. `LabelScratch` is a raw row-major file of labels on disk (rows or blocks of columns
+written as they are finished, read back with plain reads, never mapped, so they do not count
+towards the process's memory), and `write_label_pyramid` turns it into a tiled, zlib-compressed
+pyramidal TIFF, reading one output tile at a time (level 0
 plus SubIFDs halving each axis until one tile holds the level; every lower level takes every 2**k-th
 pixel, nearest neighbour, so labels stay labels), tiles written from generators, with the pixel
 size as resolution tags, written to a temporary and renamed.
@@ -165,6 +168,36 @@ class Slide:
             "levels": [list(level.shape) for level in self.levels],
         }
 
+    def _decode(self, level: int, index: int) -> np.ndarray | None:
+        """Tile (or strip) `index` of a level, decoded: (segment height, segment width, samples) as
+        the file stores it, or None for a sparse (empty) tile."""
+        page = self._pages[level]
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:
+            return None
+        fh = self._tif.filehandle
+        try:
+            fh.seek(offset)
+            data = fh.read(count)
+            pixels, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as e:  # noqa: BLE001 -- codecs raise many types for corrupt data
+            raise ImageFileError(
+                f"{self.path}: tile {index} of level {level} cannot be decoded ({type(e).__name__}: {e}); "
+                "the file is truncated or corrupt"
+            ) from None
+        if pixels is None:
+            raise ImageFileError(f"{self.path}: tile {index} of level {level} is missing (truncated file)")
+        pixels = np.asarray(pixels)
+        return pixels.reshape(pixels.shape[-3:])
+
+    def _segments(self, level: int) -> tuple[int, int, int]:
+        """(segment height, segment width, segments per row) of a level's tiles or strips."""
+        page = self._pages[level]
+        height, width = self.levels[level].shape
+        seg_h = page.tilelength if page.is_tiled else page.rowsperstrip or height
+        seg_w = page.tilewidth if page.is_tiled else width
+        return seg_h, seg_w, math.ceil(width / seg_w)
+
     def _segment_row(self, level: int, row: int) -> np.ndarray:
         """Row `row` of the level's tiles (or strips), decoded: (segment height, width, samples)."""
         cached = self._cache.get(level)
@@ -173,31 +206,48 @@ class Slide:
         page = self._pages[level]
         height, width = self.levels[level].shape
         samples = self.levels[level].samples
-        seg_h = page.tilelength if page.is_tiled else page.rowsperstrip or height
-        seg_w = page.tilewidth if page.is_tiled else width
-        per_row = math.ceil(width / seg_w)
+        seg_h, seg_w, per_row = self._segments(level)
         rows_here = min(seg_h, height - row * seg_h)
         out = np.zeros((rows_here, width, samples), dtype=page.dtype)
-        fh = self._tif.filehandle
         for col in range(per_row):
-            index = row * per_row + col
-            offset, count = page.dataoffsets[index], page.databytecounts[index]
-            if count == 0:
-                continue  # a sparse (empty) tile
-            try:
-                fh.seek(offset)
-                data = fh.read(count)
-                pixels, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-            except Exception as e:  # noqa: BLE001 -- codecs raise many types for corrupt data
-                raise ImageFileError(
-                    f"{self.path}: tile {index} of level {level} cannot be decoded ({type(e).__name__}: {e}); "
-                    "the file is truncated or corrupt"
-                ) from None
+            pixels = self._decode(level, row * per_row + col)
             if pixels is None:
-                raise ImageFileError(f"{self.path}: tile {index} of level {level} is missing (truncated file)")
-            pixels = np.asarray(pixels).reshape(pixels.shape[-3:])[: rows_here, : width - col * seg_w]
+                continue  # a sparse (empty) tile
+            pixels = pixels[: rows_here, : width - col * seg_w]
             out[:, col * seg_w : col * seg_w + pixels.shape[1]] = pixels[..., :samples]
         self._cache[level] = (row, out)
+        return out
+
+    def read_region(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows y0..y1 and columns x0..x1 (exclusive) of a level: (y1 - y0, x1 - x0, samples) in the
+        file's dtype. Decodes the tiles the region crosses and keeps none (a level stored in strips
+        is read by rows, `read_rows`).
+
+        Raises:
+            ValueError: a region outside the level.
+            ImageFileError: a tile that cannot be decoded (corrupt or truncated file).
+        """
+        height, width = self.levels[level].shape
+        if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):
+            raise ValueError(
+                f"region rows {y0}..{y1}, columns {x0}..{x1} lies outside level {level} of {self.path} ({height}x{width})"
+            )
+        page = self._pages[level]
+        if not page.is_tiled:
+            return np.ascontiguousarray(self.read_rows(level, y0, y1)[:, x0:x1])
+        samples = self.levels[level].samples
+        seg_h, seg_w, per_row = self._segments(level)
+        out = np.zeros((y1 - y0, x1 - x0, samples), dtype=page.dtype)
+        for row in range(y0 // seg_h, -(-y1 // seg_h)):
+            top = row * seg_h
+            for col in range(x0 // seg_w, -(-x1 // seg_w)):
+                pixels = self._decode(level, row * per_row + col)
+                if pixels is None:
+                    continue
+                left = col * seg_w
+                a, b = max(y0, top), min(y1, top + seg_h, top + pixels.shape[0])
+                c, d = max(x0, left), min(x1, left + seg_w, left + pixels.shape[1])
+                out[a - y0 : b - y0, c - x0 : d - x0] = pixels[a - top : b - top, c - left : d - left, :samples]
         return out
 
     def read_rows(self, level: int, y0: int, y1: int) -> np.ndarray:
@@ -366,6 +416,34 @@ class LabelScratch:
             data, offset = data[written:], offset + written
         os.fsync(self._fd)
 
+    def write_block(self, y0: int, x0: int, block: np.ndarray) -> None:
+        """Writes a block (n, w) at row y0, column x0, one row at a time (not flushed: `sync`)."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        n, w = block.shape if block.ndim == 2 else (-1, -1)
+        if n < 0 or y0 < 0 or x0 < 0 or y0 + n > self.shape[0] or x0 + w > self.shape[1]:
+            raise ValueError(f"a block of shape {block.shape} at ({y0}, {x0}) does not fit the scratch image {self.shape}")
+        size, item = self._row_bytes(), self.dtype.itemsize
+        for i in range(n):
+            data, offset = memoryview(block[i]).cast("B"), (y0 + i) * size + x0 * item
+            while data:
+                written = os.pwrite(self._fd, data, offset)
+                data, offset = data[written:], offset + written
+
+    def sync(self) -> None:
+        """Flushes what was written to the file."""
+        os.fsync(self._fd)
+
+    def read_block(self, y0: int, y1: int, step: int, x0: int, x1: int) -> np.ndarray:
+        """Rows y0, y0 + step, ... below y1 and columns x0, x0 + step, ... below x1: (n, m). Reads
+        one row's span of columns at a time."""
+        rows, cols = range(y0, y1, step), range(x0, x1, step)
+        out = np.empty((len(rows), len(cols)), dtype=self.dtype)
+        size, item = self._row_bytes(), self.dtype.itemsize
+        span = (x1 - x0) * item
+        for i, y in enumerate(rows):
+            out[i] = np.frombuffer(os.pread(self._fd, span, y * size + x0 * item), dtype=self.dtype)[::step]
+        return out
+
     def read_rows(self, y0: int, y1: int, step: int = 1) -> np.ndarray:
         """Rows y0, y0 + step, ... below y1: (n, width)."""
         rows = range(y0, y1, step)
@@ -392,7 +470,7 @@ def pyramid_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
 
 def write_label_pyramid(
     path: str | os.PathLike,
-    read_rows: Callable[[int, int, int], np.ndarray],
+    read_block: Callable[[int, int, int, int, int], np.ndarray],
     shape: tuple[int, int],
     dtype: np.dtype,
     *,
@@ -404,8 +482,9 @@ def write_label_pyramid(
 
     Args:
         path: the output .tif.
-        read_rows: `read_rows(y0, y1, step)` gives rows y0, y0 + step, ... below y1 of level 0,
-            (n, width), e.g. `LabelScratch.read_rows`.
+        read_block: `read_block(y0, y1, step, x0, x1)` gives rows y0, y0 + step, ... below y1 and
+            columns x0, x0 + step, ... below x1 of level 0, (n, m), e.g. `LabelScratch.read_block`;
+            called once per output tile, so memory does not grow with the image's width.
         shape: level 0's (height, width).
         dtype: uint8 or uint16.
         tile: tile edge in pixels, a multiple of 16 (default 512).
@@ -428,14 +507,15 @@ def write_label_pyramid(
         factor = 2**k
         for top in range(0, height, tile):
             bottom = min(height, top + tile)
-            rows = read_rows(top * factor, min(shape[0], bottom * factor), factor)[:, ::factor]
-            if k == 0 and on_rows is not None:
-                on_rows(rows.shape[0])
             for left in range(0, width, tile):
+                right = min(width, left + tile)
                 block = np.zeros((tile, tile), dtype=dtype)
-                part = rows[:, left : left + tile]
+                part = read_block(top * factor, min(shape[0], bottom * factor), factor, left * factor,
+                                  min(shape[1], right * factor))
                 block[: part.shape[0], : part.shape[1]] = part
                 yield block
+            if k == 0 and on_rows is not None:
+                on_rows(bottom - top)
 
     def resolution(k: int) -> dict:
         if mpp is None:

@@ -4,9 +4,17 @@ A 2D model (RGB or any channel count) applied to one level of a whole-slide imag
 in memory (`fastseg.io.slide`):
 
     pick the level  ->  tissue mask on the low-resolution view  ->  for each batch of tiles, in the
-    sliding window's order: read the rows it needs (decoding each tile of the file once),
-    normalize, network (+ mirrors)  ->  accumulate into a band of rows  ->  rows no later tile
-    touches: labels -> scratch file on disk, freed  ->  at the end: pyramidal TIFF, atomically
+    sliding window's order: read the rows it needs, normalize, network (+ mirrors)  ->  accumulate
+    into a band of rows  ->  rows no later tile touches: labels -> scratch file on disk  ->  at the
+    end: pyramidal TIFF, atomically
+
+Memory does not grow with the slide's width. The band (float32 accumulator and weights) and the
+normalized input rows span the level's width and up to about two patch heights, which for a slide
+100 000 pixels wide is gigabytes; both live in files beside the output (`_RowRing`: a ring of rows
+on disk, copied in and out through short-lived memory maps). What the process holds is a batch of
+tiles, the columns one row of the sliding window's tiles covers, and blocks of `_COLUMNS` columns
+read from the slide (decoding only the file's tiles they cross), normalized, zeroed or labelled.
+The arithmetic is unchanged: the same tiles, batches and float32 sums in the same order.
 
 The level. `--level N` is used as given. Otherwise the target pixel size is `--mpp M`, or the
 model's: its dataset.json's `microns_per_pixel` (the pixel size of the training images, a fastseg
@@ -83,6 +91,9 @@ __all__ = [
 #: Normalization schemes that act on each pixel alone (a slide can be normalized tile by tile).
 PER_PIXEL_SCHEMES = ("RGBTo01Normalization", "CTNormalization", "NoNormalization")
 SATURATION_CLAMP = (0.02, 0.10)
+#: Columns read, normalized, zeroed and labelled together: what the streamed run holds does not grow
+#: with the slide's width.
+_COLUMNS = 2048
 _RECORD_VERSION = 1
 
 
@@ -294,57 +305,143 @@ def _label_dtype(model) -> np.dtype:
     return np.dtype(np.uint8 if len(model.labels.foreground_labels) < 255 else np.uint16)
 
 
+class _RowRing:
+    """A float32 (channels, rows, width) array on disk of which `capacity` consecutive rows are held:
+    row y lives in ring row y % capacity. Regions are copied in and out through short-lived memory
+    maps, so the process holds only what one call touches, whatever the width.
+
+    Args:
+        path: the scratch file (created, truncated; `remove` deletes it).
+        channels, capacity, width: the array's shape.
+    """
+
+    def __init__(self, path: Path, channels: int, capacity: int, width: int) -> None:
+        self.path, self.shape = Path(path), (int(channels), int(capacity), int(width))
+        with open(self.path, "wb") as f:
+            f.truncate(4 * self.shape[0] * self.shape[1] * self.shape[2])
+
+    def _pieces(self, y0: int, y1: int) -> Iterator[tuple[int, int, int]]:
+        """(ring row, first row of the region, rows) of the at most two runs rows y0..y1 occupy."""
+        capacity = self.shape[1]
+        if y1 - y0 > capacity:
+            raise ValueError(f"rows {y0}..{y1} exceed the ring's {capacity} rows")
+        y = y0
+        while y < y1:
+            r = y % capacity
+            n = min(y1 - y, capacity - r)
+            yield r, y - y0, n
+            y += n
+
+    @contextlib.contextmanager
+    def _mapped(self, mode: str) -> Iterator[np.ndarray]:
+        mm = np.memmap(self.path, dtype=np.float32, mode=mode, shape=self.shape)
+        try:
+            yield mm
+        finally:
+            mm._mmap.close()  # unmapped: written pages stay in the file (the page cache), not in this process
+            del mm
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows y0..y1, columns x0..x1: a (channels, y1 - y0, x1 - x0) copy."""
+        out = np.empty((self.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
+        with self._mapped("r") as mm:
+            for r, i, n in self._pieces(y0, y1):
+                out[:, i : i + n] = mm[:, r : r + n, x0:x1]
+        return out
+
+    def write(self, y0: int, x0: int, block: np.ndarray) -> None:
+        """Stores a (channels, n, w) block at row y0, column x0."""
+        with self._mapped("r+") as mm:
+            for r, i, n in self._pieces(y0, y0 + block.shape[1]):
+                mm[:, r : r + n, x0 : x0 + block.shape[2]] = block[:, i : i + n]
+
+    def zero(self, y0: int, y1: int) -> None:
+        """Sets rows y0..y1 to 0, `_COLUMNS` columns at a time."""
+        width = self.shape[2]
+        for x0 in range(0, width, _COLUMNS):
+            x1 = min(width, x0 + _COLUMNS)
+            self.write(y0, x0, np.zeros((self.shape[0], y1 - y0, x1 - x0), dtype=np.float32))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class _Band:
-    """The float32 accumulator and weights of image rows [top, top + height), all columns."""
+    """The float32 accumulator and weights (its last channel) of image rows [top, bottom), all
+    columns, on disk (`_RowRing`)."""
 
-    def __init__(self, channels: int, width: int, top: int) -> None:
-        self.top = top
-        self.acc = np.zeros((channels, 0, width), dtype=np.float32)
-        self.weights = np.zeros((0, width), dtype=np.float32)
-
-    @property
-    def bottom(self) -> int:
-        return self.top + self.weights.shape[0]
+    def __init__(self, path: Path, channels: int, capacity: int, width: int, top: int) -> None:
+        self.ring = _RowRing(path, channels + 1, capacity, width)
+        self.channels = channels
+        self.top = self.bottom = top
 
     def reach(self, bottom: int) -> None:
         """Extends the band with zeroed rows down to `bottom`."""
-        extra = bottom - self.bottom
-        if extra <= 0:
-            return
-        c, _, w = self.acc.shape
-        self.acc = np.concatenate([self.acc, np.zeros((c, extra, w), dtype=np.float32)], axis=1)
-        self.weights = np.concatenate([self.weights, np.zeros((extra, w), dtype=np.float32)], axis=0)
+        if bottom > self.bottom:
+            self.ring.zero(self.bottom, bottom)
+            self.bottom = bottom
 
     def drop(self, upto: int) -> None:
         """Forgets the rows above `upto` (the band then starts there, empty when `upto` is below it)."""
-        cut = min(max(upto - self.top, 0), self.weights.shape[0])
-        self.acc = np.ascontiguousarray(self.acc[:, cut:])
-        self.weights = np.ascontiguousarray(self.weights[cut:])
         self.top = max(self.top, upto)
+        self.bottom = max(self.bottom, self.top)
+
+    def accumulate(self, total, tiles: np.ndarray, importance: np.ndarray, patch: tuple[int, int]) -> None:
+        """Adds the network outputs `total` (B, C, h, w) of `tiles` (B, 2), in order: each run of
+        tiles in one row of the sliding window is added to a copy of the columns it covers."""
+        start = 0
+        while start < len(tiles):
+            y = int(tiles[start, 0])
+            end = start + 1
+            while end < len(tiles) and int(tiles[end, 0]) == y:
+                end += 1
+            x0 = int(tiles[start:end, 1].min())
+            x1 = int(tiles[start:end, 1].max()) + patch[1]
+            region = self.ring.read(y, y + patch[0], x0, x1)
+            local = tiles[start:end] - np.array([y, x0], dtype=tiles.dtype)
+            accumulate_tiles(region[: self.channels], total[start:end], np.ascontiguousarray(local),
+                             weights=region[self.channels], importance_map=importance)
+            self.ring.write(y, x0, region)
+            start = end
 
 
 class _Rows:
-    """Normalized input rows [top, bottom) of the level, read from the slide as later tiles need them."""
+    """Normalized input rows [top, bottom) of the level, read from the slide as later tiles need
+    them, `_COLUMNS` columns at a time, on disk (`_RowRing`)."""
 
-    def __init__(self, slide: Slide, level: int, plan) -> None:
+    def __init__(self, slide: Slide, level: int, plan, path: Path, capacity: int) -> None:
         self.slide, self.level, self.plan = slide, level, plan
+        height, width = slide.levels[level].shape
+        self.ring = _RowRing(path, len(plan.normalization_schemes), capacity, width)
+        self.width = width
         self.top = self.bottom = 0
-        self.data: np.ndarray | None = None
 
-    def cover(self, top: int, bottom: int) -> np.ndarray:
-        """Rows [top, bottom) available (rows above `top` forgotten); returns the rows held, from self.top."""
-        if self.data is None or top >= self.bottom or top < self.top:
-            self.data = _normalized(self.slide.read_rows(self.level, top, bottom), self.plan)
-            self.top, self.bottom = top, bottom
-            return self.data
-        keep = self.data[:, top - self.top :]
-        if bottom > self.bottom:
-            new = _normalized(self.slide.read_rows(self.level, self.bottom, bottom), self.plan)
-            keep = np.concatenate([keep, new], axis=1)
-            self.bottom = bottom
-        self.data = np.ascontiguousarray(keep)
+    def cover(self, top: int, bottom: int) -> None:
+        """Rows [top, bottom) available (rows above `top` forgotten)."""
+        if top >= self.bottom or top < self.top:
+            self.top = self.bottom = top
         self.top = top
-        return self.data
+        if bottom > self.bottom:
+            for x0 in range(0, self.width, _COLUMNS):
+                x1 = min(self.width, x0 + _COLUMNS)
+                pixels = self.slide.read_region(self.level, self.bottom, bottom, x0, x1)
+                self.ring.write(self.bottom, x0, _normalized(pixels, self.plan))
+                del pixels
+            self.bottom = bottom
+
+    def tile(self, y: int, x: int, patch: tuple[int, int]) -> np.ndarray:
+        return self.ring.read(y, y + patch[0], x, x + patch[1])
+
+
+def _ring_rows(chunks: list[np.ndarray], first: int, patch_height: int) -> int:
+    """Rows the band and the input rows hold at most from batch `first` on: the lowest tile bottom
+    so far minus each batch's top row."""
+    most, reach = 0, 0
+    for batch in chunks[first:]:
+        top = int(batch[0, 0])
+        reach = max(reach, int(batch[:, 0].max()) + patch_height)
+        most = max(most, reach - top)
+    return max(most, patch_height)
 
 
 @contextlib.contextmanager
@@ -459,7 +556,7 @@ def predict_slide(
             stream_seconds = time.perf_counter() - t_stream
             t_write = time.perf_counter()
             mpp = slide.levels[level].mpp
-            write_label_pyramid(output, scratch.read_rows, shape, dtype, tile=options.tile_size, mpp=mpp)
+            write_label_pyramid(output, scratch.read_block, shape, dtype, tile=options.tile_size, mpp=mpp)
             if options.overlay is not None:
                 write_overlay(slide, scratch, Path(options.overlay))
             write_seconds = time.perf_counter() - t_write
@@ -546,11 +643,11 @@ def _predict_small(predictor, slide: Slide, level: int, scratch: LabelScratch) -
     scratch.write_rows(0, labels[0])
 
 
-def _export_rows(band: _Band, rows: int, model, spacing: list[float]) -> np.ndarray:
-    """Labels of the band's first `rows` rows (0 where no tile was added)."""
-    width = band.weights.shape[1]
-    acc = band.acc[:, :rows]
-    weights = band.weights[:rows]
+def _export_block(band: _Band, y0: int, y1: int, x0: int, x1: int, model, spacing: list[float]) -> np.ndarray:
+    """Labels of band rows y0..y1, columns x0..x1 (0 where no tile was added)."""
+    region = band.ring.read(y0, y1, x0, x1)
+    acc, weights = region[: band.channels], region[band.channels]
+    rows, width = y1 - y0, x1 - x0
     props = {
         "spacing": spacing,
         "shape_before_cropping": (1, rows, width),
@@ -579,8 +676,9 @@ def _stream(
     importance = gaussian_importance_map(patch)
     first = next((k for k, c in enumerate(chunks) if int(c[:, 0].max()) + patch[0] > finished), len(chunks))
     done_tiles = sum(len(c) for c in chunks[:first])
-    band = _Band(model.num_outputs, width, finished)
-    rows = _Rows(slide, level, predictor.case_plan)
+    capacity = _ring_rows(chunks, first, patch[0])
+    band = _Band(scratch.path.with_suffix(".band"), model.num_outputs, capacity, width, finished)
+    rows = _Rows(slide, level, predictor.case_plan, scratch.path.with_suffix(".input"), capacity)
     written = finished
     t0 = time.perf_counter()
 
@@ -594,48 +692,52 @@ def _stream(
         y = max(written, band.top)
         if written < band.top:  # rows no tile touched
             _write_zeros(scratch, written, band.top)
-        in_band = max(0, min(upto, band.bottom) - band.top)
-        if in_band:
-            labels = _export_rows(band, in_band, model, spacing)
-            skip = y - band.top
-            scratch.write_rows(y, labels[skip:])
+        end = min(upto, band.bottom)
+        if end > y:
+            for x0 in range(0, width, _COLUMNS):
+                x1 = min(width, x0 + _COLUMNS)
+                scratch.write_block(y, x0, _export_block(band, y, end, x0, x1, model, spacing))
         if upto > max(band.bottom, y):
             _write_zeros(scratch, max(band.bottom, y), upto)
+        scratch.sync()
         band.drop(upto)
         written = upto
         record_rows(written)
 
-    with _progress_bar(sum(len(c) for c in chunks), progress, initial=done_tiles) as bar:
-        with torch.inference_mode():
-            for k in range(first, len(chunks)):
-                batch = chunks[k]
-                top, bottom = int(batch[0, 0]), int(batch[:, 0].max()) + patch[0]
-                if k > first:
-                    finish(top)
-                else:
-                    band.top = top  # the band starts empty at the first tile
-                band.reach(bottom)
-                source = rows.cover(top, bottom)
-                base = rows.top
-                x = torch.stack(
-                    [torch.from_numpy(source[:, y - base : y - base + patch[0], c : c + patch[1]]) for y, c in batch]
-                )
-                total = _mirrored_sum(predictor.networks, x.to(predictor.device), dims, batch_size)
-                total = (total * scale).cpu()
-                local = batch - np.array([band.top, 0], dtype=batch.dtype)
-                accumulate_tiles(band.acc, total, local, weights=band.weights, importance_map=importance)
-                bar.update(len(batch))
-                elapsed = time.perf_counter() - t0
-                if elapsed > 0:
-                    bar.set_postfix_str(f"{(written - finished) * width / 1e6 / elapsed:.2f} MP/s", refresh=False)
-            finish(height)
+    try:
+        with _progress_bar(sum(len(c) for c in chunks), progress, initial=done_tiles) as bar:
+            with torch.inference_mode():
+                for k in range(first, len(chunks)):
+                    batch = chunks[k]
+                    top, bottom = int(batch[0, 0]), int(batch[:, 0].max()) + patch[0]
+                    if k > first:
+                        finish(top)
+                    else:
+                        band.top = band.bottom = top  # the band starts empty at the first tile
+                    band.reach(bottom)
+                    rows.cover(top, bottom)
+                    x = torch.stack([torch.from_numpy(rows.tile(int(y), int(c), patch)) for y, c in batch])
+                    total = _mirrored_sum(predictor.networks, x.to(predictor.device), dims, batch_size)
+                    total = (total * scale).cpu()
+                    band.accumulate(total, batch, importance, patch)
+                    bar.update(len(batch))
+                    elapsed = time.perf_counter() - t0
+                    if elapsed > 0:
+                        bar.set_postfix_str(f"{(written - finished) * width / 1e6 / elapsed:.2f} MP/s", refresh=False)
+                finish(height)
+    finally:
+        band.ring.remove()
+        rows.ring.remove()
     return done_tiles
 
 
 def _write_zeros(scratch: LabelScratch, y0: int, y1: int, block: int = 256) -> None:
-    zeros = np.zeros((min(block, max(y1 - y0, 0)), scratch.shape[1]), dtype=scratch.dtype)
+    """Label 0 in rows y0..y1, `block` rows and `_COLUMNS` columns at a time."""
+    width = scratch.shape[1]
     for y in range(y0, y1, block):
-        scratch.write_rows(y, zeros[: min(block, y1 - y)])
+        n = min(block, y1 - y)
+        for x0 in range(0, width, _COLUMNS):
+            scratch.write_block(y, x0, np.zeros((n, min(_COLUMNS, width - x0)), dtype=scratch.dtype))
 
 
 # --- overlay ------------------------------------------------------------------------------------------
