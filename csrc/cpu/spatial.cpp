@@ -138,15 +138,24 @@ void affine_patch(const float* in, int64_t channels, const int64_t* in_shape, co
         std::fill(dst, dst + touch_first, 0.0f);
         for (int64_t x = touch_first; x < first; ++x)
           dst[x] = trilinear_checked(src, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx);
-        for (int64_t x = first; x < last; ++x)
-          dst[x] = trilinear_inside(src, sz, sy, dz, dy, dx, bz + x * tz, by + x * ty, bx + x * tx);
+        if (dz == 0 && tz == 0.0f) {  // flat depth: bz is an integer (see flat[])
+          for (int64_t x = first; x < last; ++x)
+            dst[x] = bilinear_inside(src, sz, sy, dy, dx, bz, by + x * ty, bx + x * tx);
+        } else {
+          for (int64_t x = first; x < last; ++x)
+            dst[x] = trilinear_inside(src, sz, sy, dz, dy, dx, bz + x * tz, by + x * ty, bx + x * tx);
+        }
         for (int64_t x = last; x < touch_last; ++x)
           dst[x] = trilinear_checked(src, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx);
         std::fill(dst + touch_last, dst + P2, 0.0f);
       }
       if (seg_dst != nullptr) {
         std::fill(seg_dst, seg_dst + touch_first, p.outside);
-        for (int64_t x = touch_first; x < touch_last; ++x)
+        for (int64_t x = touch_first; x < first; ++x)
+          seg_dst[x] = nearest_label(seg_in, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx, p.outside);
+        for (int64_t x = first; x < last; ++x)
+          seg_dst[x] = nearest_label_inside(seg_in, sz, sy, bz + x * tz, by + x * ty, bx + x * tx);
+        for (int64_t x = last; x < touch_last; ++x)
           seg_dst[x] = nearest_label(seg_in, sz, sy, p.box, bz + x * tz, by + x * ty, bx + x * tx, p.outside);
         std::fill(seg_dst + touch_last, seg_dst + P2, p.outside);
       }

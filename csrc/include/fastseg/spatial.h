@@ -87,6 +87,18 @@ FASTSEG_HD float trilinear_inside(const float* in, int64_t sz, int64_t sy, int64
   return c0 + tz * (c1 - c0);
 }
 
+// trilinear_inside on a flat depth axis (dz = 0, pz an integer: 2D and in-plane transforms): the same
+// value (the depth lerp of two equal values returns them), from 4 neighbours instead of 8.
+FASTSEG_HD float bilinear_inside(const float* in, int64_t sz, int64_t sy, int64_t dy, int64_t dx, float pz, float py,
+                                 float px) {
+  const float fy0 = floor_value(py), fx0 = floor_value(px);
+  const float ty = py - fy0, tx = px - fx0;
+  const float* q = in + static_cast<int64_t>(pz) * sz + static_cast<int64_t>(fy0) * sy + static_cast<int64_t>(fx0);
+  const float c00 = q[0] + tx * (q[dx] - q[0]);
+  const float c01 = q[dy] + tx * (q[dy + dx] - q[dy]);
+  return c00 + ty * (c01 - c00);
+}
+
 // Nearest-neighbour label at p, `outside` when that voxel is outside `box`.
 template <typename L>
 FASTSEG_HD int16_t nearest_label(const L* in, int64_t sz, int64_t sy, const Box3& box, float pz, float py, float px,
@@ -95,6 +107,16 @@ FASTSEG_HD int16_t nearest_label(const L* in, int64_t sz, int64_t sy, const Box3
   const int64_t y = static_cast<int64_t>(floor_value(py + 0.5f));
   const int64_t x = static_cast<int64_t>(floor_value(px + 0.5f));
   return in_box(box, z, y, x) ? static_cast<int16_t>(in[z * sz + y * sy + x]) : outside;
+}
+
+// The nearest label where that voxel is known to be inside (the rows' interior, where all 8 trilinear
+// neighbours are: floor(p + 1/2) is one of them).
+template <typename L>
+FASTSEG_HD int16_t nearest_label_inside(const L* in, int64_t sz, int64_t sy, float pz, float py, float px) {
+  const int64_t z = static_cast<int64_t>(floor_value(pz + 0.5f));
+  const int64_t y = static_cast<int64_t>(floor_value(py + 0.5f));
+  const int64_t x = static_cast<int64_t>(floor_value(px + 0.5f));
+  return static_cast<int16_t>(in[z * sz + y * sy + x]);
 }
 
 // splitmix64's output function of a counter.
