@@ -10,6 +10,7 @@ from pathlib import Path
 from fastseg.commands.plan import add_model_options, dataset_model_folder, positive_int, reports_errors
 from fastseg.commands.predict_slide import add_slide_options, run_slides, slide_inputs
 from fastseg.commands.ray_cluster import add_ray_options
+from fastseg.predict.precision import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             postprocessing=args.postprocessing,
             compile=args.compile,
             memory_budget_gb=args.memory_budget_gb,
+            precision=args.precision,
         )
     except ModelFolderError as err:
         raise ValueError(str(err)) from None
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     cases, outputs, problems = _cases_and_outputs(args, model)
     print(
         f"{len(cases)} case(s), model {model.path.name} ({model.configuration}, folds "
-        f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device}, "
+        f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device} ({predictor.precision}), "
         f"TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}"
     )
     report = predictor.predict_cases(
@@ -176,6 +178,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads for the network and the native kernels (default: all cores)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network: compiling takes about half a minute, each tile is then faster")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's arithmetic: auto (default: bf16 autocast on CPUs with AMX tiles, where it is "
+                        "about 5x faster, fp32 elsewhere), fp32 (as nnU-Net on the CPU) or bf16")
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
     p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
     p.add_argument("--continue", dest="continue_", action="store_true",

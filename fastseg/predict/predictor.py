@@ -90,8 +90,11 @@ class Predictor:
         postprocessing: Sequence[dict] = (),
         compile: bool = False,
         memory_budget_gb: float | None = None,
+        precision: str = "auto",
     ) -> None:
         import torch
+
+        from fastseg.predict.precision import AutocastNetwork, resolve_precision
 
         if not 0 < step_size <= 1:
             raise ValueError(f"step_size must be in (0, 1], got {step_size}")
@@ -109,10 +112,13 @@ class Predictor:
         self.postprocessing = list(postprocessing)
         self.case_plan = CasePlan.from_plans(model.plans, model.configuration, model.dataset_json)
         self.patch_size = tuple(int(p) for p in model.config["patch_size"])
+        self.precision = resolve_precision(precision, self.device)
         self.networks = load_networks(model, self.device)
         self.batch_size = batch_size or self._default_batch_size(copies)
         if compile:  # compiled at the first forward pass (tens of seconds), faster after that
             self.networks = [torch.compile(net) for net in self.networks]
+        if self.precision == "bf16":
+            self.networks = [AutocastNetwork(net, self.device) for net in self.networks]
 
     @classmethod
     def from_model_folder(
@@ -129,6 +135,7 @@ class Predictor:
         postprocessing: str | Path | None = None,
         compile: bool = False,
         memory_budget_gb: float | None = None,
+        precision: str = "auto",
     ) -> Predictor:
         """Loads an nnU-Net v2 or fastseg model folder.
 
@@ -151,6 +158,8 @@ class Predictor:
                 not counted; a case that would need more is predicted in slabs along z
                 (`fastseg.predict.streaming`). None (default): cases that would need more than half
                 the free memory are streamed within that half.
+            precision: "auto" (default: bf16 autocast on a CPU with AMX tiles, fp32 elsewhere),
+                "fp32" or "bf16" (`fastseg.predict.precision`).
         """
         from fastseg.predict.postprocess import load_postprocessing
 
@@ -158,7 +167,7 @@ class Predictor:
         model = load_model_folder(path, folds, checkpoint)
         return cls(
             model, device=device, step_size=step_size, tta=tta, batch_size=batch_size, threads=threads,
-            postprocessing=steps, compile=compile, memory_budget_gb=memory_budget_gb,
+            postprocessing=steps, compile=compile, memory_budget_gb=memory_budget_gb, precision=precision,
         )
 
     def _default_batch_size(self, copies: int) -> int:

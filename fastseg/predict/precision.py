@@ -1,0 +1,59 @@
+"""The number format of the network's arithmetic (`fastseg predict --precision`).
+
+- ``fp32``: float32 throughout, as nnU-Net runs on the CPU.
+- ``bf16``: the network under torch's bfloat16 autocast (convolutions and matrix products in
+  bfloat16, normalization and the outputs in float32); the tiles' outputs are accumulated in float32
+  as with fp32. On CPUs with AMX tiles (`amx_bf16`) oneDNN runs the 3D convolutions about 5x faster
+  this way (benchmarks/README.md, "Prediction"); the labels still agree with nnU-Net's float32
+  prediction to the tolerance the tests hold.
+- ``auto`` (default): bf16 on a CPU with AMX tiles, fp32 everywhere else (CPUs without AMX gain
+  nothing from bf16: their bf16 convolutions were measured no faster; CUDA keeps float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when torch's oneDNN backend can run bfloat16 convolutions on AMX tiles here."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe is not None and probe() and torch.backends.mkldnn.is_available())
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``fp32`` or ``bf16`` for `precision` (one of `PRECISIONS`) on `device`."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_amx_bf16() else "fp32"
+
+
+class AutocastNetwork:
+    """A network called under torch's bfloat16 autocast on its device type.
+
+    `_mirrored_sum` and every other caller treat it as the network itself: calling it returns the
+    network's output (bfloat16 where autocast produced it; callers convert to float32).
+    """
+
+    def __init__(self, network: Any, device: Any) -> None:
+        import torch
+
+        self.network = network
+        self.device_type = torch.device(device).type
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.network(x)
