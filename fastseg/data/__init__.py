@@ -1,7 +1,7 @@
 """Training batches from preprocessed cases: nnU-Net's patch sampling (`fastseg.data.sampling`) and
-its augmentations on an NVIDIA DALI pipeline (`fastseg.data.augment`), on the GPU when there is one
-and on DALI's CPU operators when there is not (`fastseg.data.loader`); on the CPU the spatial
-transform and the noise run natively while the patch is read (`fastseg.data.spatial`)."""
+its augmentations, on an NVIDIA DALI pipeline on the GPU (`fastseg.data.augment`) and as native passes
+on the CPU: the spatial transform and the noise while the patch is read (`fastseg.data.spatial`), the
+rest over the batch (`fastseg.data.intensity`); `fastseg.data.loader` puts them together."""
 
 import importlib
 
