@@ -117,7 +117,8 @@ def draw_intensity(spec: Any, rng: np.random.Generator, batch_size: int, channel
     if spec.dummy_2d:
         size[..., 0] = patch[0]
     size = np.where(resampled[..., None], size, 0)
-    gamma_inverted = np.where(sample("gamma_inverted"), _bg_contrast(rng, *spec.gamma, (b, c)), np.nan).astype(np.float32)
+    gamma_inverted = np.where(sample("gamma_inverted"), _bg_contrast(rng, *spec.gamma, (b, c)), np.nan)
+    gamma_inverted = gamma_inverted.astype(np.float32)
     gamma = np.where(sample("gamma"), _bg_contrast(rng, *spec.gamma, (b, c)), np.nan).astype(np.float32)
     mirror = np.zeros((b, ndim), bool)
     for axis in spec.mirror_axes:

@@ -94,29 +94,29 @@ def augment_intensity(
     if not (sigma >= 0).all():
         raise ValueError(f"blur_sigma must be >= 0, got min {sigma.min()}")
     if ((size < 0) | (size > np.array(spatial))).any():
-        raise ValueError(f"lowres_size must lie in [0, {list(spatial)}] per axis, got {size.reshape(-1, ndim).tolist()}")
+        raise ValueError(f"lowres_size must lie in [0, {list(spatial)}] per axis, "
+                         f"got {size.reshape(-1, ndim).tolist()}")
     for name in ("gamma_inverted", "gamma"):
         g = factors[name]
         if (g[~np.isnan(g)] <= 0).any():
             raise ValueError(f"{name} exponents must be > 0 (or NaN: off), got {g[~np.isnan(g)].min()}")
+    off = {name: np.isnan(factors[name]) for name in ("contrast", "gamma_inverted", "gamma")}
+    if any((o != o.all(1, keepdims=True)).any() for o in off.values()):
+        raise ValueError("contrast and gamma are drawn per sample: NaN (off) for all channels of a sample or none")
     lead = 3 - ndim  # the kernel's axes are (D, H, W); a 2D batch has D = 1
     sigma3 = np.zeros((batch, channels, 3))
     sigma3[..., lead:] = sigma
     size3 = np.zeros((batch, channels, 3), np.int32)
     size3[..., lead:] = size
-    flags = (np.where(np.isnan(factors["contrast"]).all(1), 0, _CONTRAST)
-             | np.where(np.isnan(factors["gamma_inverted"]).all(1), 0, _GAMMA_INVERTED)
-             | np.where(np.isnan(factors["gamma"]).all(1), 0, _GAMMA)).astype(np.int32)
+    flags = np.zeros(batch, np.int32)
+    for name, bit in (("contrast", _CONTRAST), ("gamma_inverted", _GAMMA_INVERTED), ("gamma", _GAMMA)):
+        flags |= np.where(off[name].all(1), 0, bit).astype(np.int32)
     for axis in range(ndim):
         flags |= np.where(flips[:, axis], 1 << (_MIRROR_SHIFT + lead + axis), 0).astype(np.int32)
     contrast_f = np.nan_to_num(factors["contrast"], nan=1.0)
-    if (np.isnan(factors["contrast"]) != np.isnan(factors["contrast"]).all(1, keepdims=True)).any() or any(
-            (np.isnan(factors[n]) != np.isnan(factors[n]).all(1, keepdims=True)).any() for n in ("gamma_inverted", "gamma")):
-        raise ValueError("contrast and gamma are drawn per sample: NaN (off) for all channels of a sample or none")
-    gammas = np.stack([np.nan_to_num(factors["gamma_inverted"], nan=1.0), np.nan_to_num(factors["gamma"], nan=1.0)],
-                      axis=-1).astype(np.float32)
+    gammas = np.stack([np.nan_to_num(factors[name], nan=1.0) for name in ("gamma_inverted", "gamma")], axis=-1)
     mask = np.zeros(channels, np.uint8)
     mask[[c for c in mask_channels if 0 <= c < channels]] = 1
     view = (lambda a: a[:, :, None]) if ndim == 2 else (lambda a: a)
     _native.cpu().augment_intensity(view(data), view(seg), flags, sigma3, factors["brightness"], contrast_f, size3,
-                                    gammas, mask, int(outside), int(replacement))
+                                    gammas.astype(np.float32), mask, int(outside), int(replacement))
