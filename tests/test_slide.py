@@ -236,12 +236,12 @@ def test_mosaic_streamed_equals_in_memory_and_memory_stays_bounded(rgb_model, sl
 
 
 def test_wide_slide_memory_does_not_grow_with_width(rgb_model, slide_pixels, tmp_path):
-    """A slide 16 copies of the real slide wide (192 x 47472, 500 tiles per row) as a pyramidal
-    tiled TIFF, every tile predicted (mask off), against one copy (192 x 2967):
+    """A slide 16 copies of 192 rows of the real slide wide (192 x 35520, 370 tiles per row) as a
+    pyramidal tiled TIFF, every tile predicted (mask off), against one copy (192 x 2220):
 
-    - the wide run's peak resident memory exceeds the narrow run's by less than a quarter of the
-      band an in-memory band of rows would take (two patch heights of the wide slide's width, float32
-      input, accumulator and weights: 192 x 47472 x 6 x 4 bytes = 219 MB);
+    - the wide run's peak resident memory exceeds the narrow run's by less than an eighth of what
+      a band of rows held in memory would take (two patch heights of the wide slide's width, float32
+      input, accumulator and weights: 192 x 35520 x 6 x 4 bytes = 164 MB; measured: 2 MiB);
     - its labels equal the in-memory prediction of the whole level, pixel for pixel.
     """
     rows = slide_pixels[1000:1192]
@@ -258,7 +258,7 @@ def test_wide_slide_memory_does_not_grow_with_width(rgb_model, slide_pixels, tmp
                                             tmp_path)
     assert rc == 0, text
     band = 2 * PATCH * wide.shape[1] * (3 + 2 + 1) * 4
-    assert wide_rss - narrow_rss < band / 4, (wide_rss, narrow_rss, band)
+    assert wide_rss - narrow_rss < band / 8, (wide_rss, narrow_rss, band)
     labels = tifffile.imread(tmp_path / "w.tif")
     assert labels.shape == wide.shape[:2] and labels.any() and not labels.all()
     reference = _in_memory(_predictor(rgb_model), wide)

@@ -11,7 +11,7 @@ in memory (`fastseg.io.slide`):
 Memory does not grow with the slide's width. The band (float32 accumulator and weights) and the
 normalized input rows span the level's width and up to about two patch heights, which for a slide
 100 000 pixels wide is gigabytes; both live in files beside the output (`_RowRing`: a ring of rows
-on disk, copied in and out through short-lived memory maps). What the process holds is a batch of
+on disk, copied in and out a region at a time with positioned reads and writes). What the process holds is a batch of
 tiles, the columns one row of the sliding window's tiles covers, and blocks of `_COLUMNS` columns
 read from the slide (decoding only the file's tiles they cross), normalized, zeroed or labelled.
 The arithmetic is unchanged: the same tiles, batches and float32 sums in the same order.
@@ -59,6 +59,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ from fastseg.io.slide import LabelScratch, Slide, open_slide, write_label_pyrami
 from fastseg.ops import accumulate_tiles, gaussian_importance_map, normalize, sliding_window_offsets
 from fastseg.predict.export import export_case
 from fastseg.predict.sliding import _mirrored_sum, mirror_combinations
+from fastseg.runtime import heap
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +309,9 @@ def _label_dtype(model) -> np.dtype:
 
 class _RowRing:
     """A float32 (channels, rows, width) array on disk of which `capacity` consecutive rows are held:
-    row y lives in ring row y % capacity. Regions are copied in and out through short-lived memory
-    maps, so the process holds only what one call touches, whatever the width.
+    row y lives in ring row y % capacity. Regions are copied in and out with one positioned read or
+    write per channel and row (never memory-mapped: a mapping's page faults map the pages around each
+    row too, which for wide rows adds tens of MiB), so the process holds only the region.
 
     Args:
         path: the scratch file (created, truncated; `remove` deletes it).
@@ -317,43 +320,40 @@ class _RowRing:
 
     def __init__(self, path: Path, channels: int, capacity: int, width: int) -> None:
         self.path, self.shape = Path(path), (int(channels), int(capacity), int(width))
-        with open(self.path, "wb") as f:
-            f.truncate(4 * self.shape[0] * self.shape[1] * self.shape[2])
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(self._fd, 4 * self.shape[0] * self.shape[1] * self.shape[2])
 
-    def _pieces(self, y0: int, y1: int) -> Iterator[tuple[int, int, int]]:
-        """(ring row, first row of the region, rows) of the at most two runs rows y0..y1 occupy."""
-        capacity = self.shape[1]
+    def _rows(self, y0: int, y1: int) -> Iterator[tuple[int, int]]:
+        """(row of the region, its offset in the file at channel 0, column 0) for rows y0..y1."""
+        _, capacity, width = self.shape
         if y1 - y0 > capacity:
             raise ValueError(f"rows {y0}..{y1} exceed the ring's {capacity} rows")
-        y = y0
-        while y < y1:
-            r = y % capacity
-            n = min(y1 - y, capacity - r)
-            yield r, y - y0, n
-            y += n
-
-    @contextlib.contextmanager
-    def _mapped(self, mode: str) -> Iterator[np.ndarray]:
-        mm = np.memmap(self.path, dtype=np.float32, mode=mode, shape=self.shape)
-        try:
-            yield mm
-        finally:
-            mm._mmap.close()  # unmapped: written pages stay in the file (the page cache), not in this process
-            del mm
+        for y in range(y0, y1):
+            yield y - y0, 4 * (y % capacity) * width
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows y0..y1, columns x0..x1: a (channels, y1 - y0, x1 - x0) copy."""
-        out = np.empty((self.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-        with self._mapped("r") as mm:
-            for r, i, n in self._pieces(y0, y1):
-                out[:, i : i + n] = mm[:, r : r + n, x0:x1]
+        channels, capacity, width = self.shape
+        out = np.empty((channels, y1 - y0, x1 - x0), dtype=np.float32)
+        plane = 4 * capacity * width
+        for i, offset in self._rows(y0, y1):
+            for c in range(channels):
+                buffer = memoryview(out[c, i]).cast("B")
+                if os.preadv(self._fd, [buffer], c * plane + offset + 4 * x0) != len(buffer):
+                    raise OSError(f"{self.path}: short read")
         return out
 
     def write(self, y0: int, x0: int, block: np.ndarray) -> None:
         """Stores a (channels, n, w) block at row y0, column x0."""
-        with self._mapped("r+") as mm:
-            for r, i, n in self._pieces(y0, y0 + block.shape[1]):
-                mm[:, r : r + n, x0 : x0 + block.shape[2]] = block[:, i : i + n]
+        channels, capacity, width = self.shape
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        plane = 4 * capacity * width
+        for i, offset in self._rows(y0, y0 + block.shape[1]):
+            for c in range(channels):
+                data, at = memoryview(block[c, i]).cast("B"), c * plane + offset + 4 * x0
+                while data:
+                    n = os.pwrite(self._fd, data, at)
+                    data, at = data[n:], at + n
 
     def zero(self, y0: int, y1: int) -> None:
         """Sets rows y0..y1 to 0, `_COLUMNS` columns at a time."""
@@ -363,6 +363,9 @@ class _RowRing:
             self.write(y0, x0, np.zeros((self.shape[0], y1 - y0, x1 - x0), dtype=np.float32))
 
     def remove(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self.path.unlink(missing_ok=True)
 
 
@@ -704,27 +707,31 @@ def _stream(
         written = upto
         record_rows(written)
 
+    network_threshold = heap.mmap_threshold()
     try:
-        with _progress_bar(sum(len(c) for c in chunks), progress, initial=done_tiles) as bar:
-            with torch.inference_mode():
-                for k in range(first, len(chunks)):
-                    batch = chunks[k]
-                    top, bottom = int(batch[0, 0]), int(batch[:, 0].max()) + patch[0]
-                    if k > first:
-                        finish(top)
-                    else:
-                        band.top = band.bottom = top  # the band starts empty at the first tile
-                    band.reach(bottom)
-                    rows.cover(top, bottom)
-                    x = torch.stack([torch.from_numpy(rows.tile(int(y), int(c), patch)) for y, c in batch])
+        # Arrays outside the forward passes get their own mappings (see fastseg.runtime.heap): they
+        # neither fragment nor grow the heap the forward passes reuse.
+        with _progress_bar(sum(len(c) for c in chunks), progress, initial=done_tiles) as bar, \
+                heap.map_large_allocations(), torch.inference_mode():
+            for k in range(first, len(chunks)):
+                batch = chunks[k]
+                top, bottom = int(batch[0, 0]), int(batch[:, 0].max()) + patch[0]
+                if k > first:
+                    finish(top)
+                else:
+                    band.top = band.bottom = top  # the band starts empty at the first tile
+                band.reach(bottom)
+                rows.cover(top, bottom)
+                x = torch.stack([torch.from_numpy(rows.tile(int(y), int(c), patch)) for y, c in batch])
+                with heap.map_large_allocations(network_threshold):
                     total = _mirrored_sum(predictor.networks, x.to(predictor.device), dims, batch_size)
-                    total = (total * scale).cpu()
-                    band.accumulate(total, batch, importance, patch)
-                    bar.update(len(batch))
-                    elapsed = time.perf_counter() - t0
-                    if elapsed > 0:
-                        bar.set_postfix_str(f"{(written - finished) * width / 1e6 / elapsed:.2f} MP/s", refresh=False)
-                finish(height)
+                total = (total * scale).cpu()
+                band.accumulate(total, batch, importance, patch)
+                bar.update(len(batch))
+                elapsed = time.perf_counter() - t0
+                if elapsed > 0:
+                    bar.set_postfix_str(f"{(written - finished) * width / 1e6 / elapsed:.2f} MP/s", refresh=False)
+            finish(height)
     finally:
         band.ring.remove()
         rows.ring.remove()
