@@ -44,6 +44,7 @@ pytestmark = pytest.mark.slow
 
 WIDTH_DIVISOR = int(os.environ.get("FASTSEG_BENCH_WIDTH_DIVISOR", "4"))
 ROUNDS = int(os.environ.get("FASTSEG_BENCH_ROUNDS", "1"))
+PRECISION = os.environ.get("FASTSEG_BENCH_PRECISION", "auto")  # fastseg's --precision
 THREADS = sorted({1, len(os.sched_getaffinity(0))})
 RESULTS: dict[tuple[str, int], dict] = {}
 
@@ -93,7 +94,7 @@ def test_predict_against_nnunet(setups, tmp_path, config, threads):
     model, images = setups[config]
     cpus = set(sorted(os.sched_getaffinity(0))[:threads])
     result = benchmark_predict(
-        model, images, against_nnunet=True, threads=threads, cpus=cpus, processes=2, rounds=ROUNDS, warmup=0,
+        model, images, against_nnunet=True, threads=threads, cpus=cpus, processes=2, rounds=ROUNDS, warmup=0, precision=PRECISION,
         work_dir=tmp_path,
     )
     RESULTS[(config, threads)] = result.as_json()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastseg.benchmark.measure import Measured, run_measured
+from fastseg.predict.precision import resolve_precision
 
 #: The stage names both tools are reported with.
 STAGES = ("preprocess", "network", "export")
@@ -127,12 +128,12 @@ def _environment(threads: int) -> dict[str, str]:
     return env
 
 
-def _fastseg_command(model, inputs, out, folds, tta, step_size, threads, checkpoint) -> list[str]:
+def _fastseg_command(model, inputs, out, folds, tta, step_size, threads, checkpoint, precision="auto") -> list[str]:
     script = Path(sys.executable).with_name("fastseg")  # the console script, as a user runs it
     start = [str(script)] if script.is_file() else [sys.executable, "-m", "fastseg.cli"]
     cmd = [*start, "predict", "-m", str(model), "-i", str(inputs), "-o", str(out),
            "-f", *[str(f) for f in folds], "--step-size", str(step_size), "--threads", str(threads),
-           "--checkpoint", checkpoint]
+           "--checkpoint", checkpoint, "--precision", precision]
     return cmd + ([] if tta else ["--no-tta"])
 
 
@@ -231,6 +232,7 @@ def benchmark_predict(
     warmup: int = 0,
     work_dir: str | Path | None = None,
     timeout: float | None = None,
+    precision: str = "auto",
 ) -> PredictBenchmark:
     """Runs fastseg (and nnU-Net) on the same model and images and measures both.
 
@@ -250,6 +252,8 @@ def benchmark_predict(
         work_dir: where the outputs go (`<work_dir>/fastseg`, `<work_dir>/nnunet`); default: a
             temporary folder, removed afterwards.
         timeout: seconds a single run may take.
+        precision: fastseg's `--precision` (default "auto": bf16 autocast on CPUs with AMX tiles);
+            nnU-Net runs float32 on the CPU.
 
     Raises:
         BenchmarkError: a tool failed, or nnunetv2 is not installed.
@@ -275,6 +279,7 @@ def benchmark_predict(
     settings = {
         "model": str(model), "inputs": str(inputs), "folds": list(folds), "tta": tta, "step_size": step_size,
         "checkpoint": checkpoint, "threads": threads, "nnunet_processes": processes,
+        "fastseg_precision": resolve_precision(precision, "cpu"),
         "cpus": sorted(cpus) if cpus else None, "rounds": rounds, "warmup": warmup,
         "cases": len({p.name.rsplit("_", 1)[0] for p in inputs.iterdir() if not p.name.startswith(".")}),
     }
@@ -283,7 +288,7 @@ def benchmark_predict(
     root.mkdir(parents=True, exist_ok=True)
     try:
         ours = _run_tool(
-            "fastseg", lambda out, _: _fastseg_command(model, inputs, out, folds, tta, step_size, threads, checkpoint),
+            "fastseg", lambda out, _: _fastseg_command(model, inputs, out, folds, tta, step_size, threads, checkpoint, precision),
             root, rounds, warmup, env, cpus, timeout,
         )
         result = PredictBenchmark(settings, ours)
@@ -314,6 +319,7 @@ def format_report(result: PredictBenchmark) -> str:
         f"predict: {s['cases']} case(s), folds {' '.join(s['folds'])}, TTA {'on' if s['tta'] else 'off'}, step {s['step_size']}, "
         f"{s['threads']} torch thread(s) each"
         + (f", CPUs {s['cpus']}" if s["cpus"] else "")
+        + f"; fastseg's network in {s.get('fastseg_precision', 'fp32')}, nnU-Net's in fp32"
         + f"; nnU-Net with {s['nnunet_processes']} preprocessing + {s['nnunet_processes']} export processes; "
         f"median of {s['rounds']} round(s)" + (f" after {s['warmup']} warm-up" if s["warmup"] else ""),
         "",

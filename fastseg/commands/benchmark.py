@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastseg.commands.plan import positive_int, reports_errors
 from fastseg.commands.predict import _fold, _step
+from fastseg.predict.precision import PRECISIONS
 
 
 def _cpus(text: str) -> set[int]:
@@ -36,6 +37,7 @@ def run_predict(args: argparse.Namespace) -> int:
             args.model, args.input, folds=args.folds, tta=not args.no_tta, step_size=args.step_size,
             checkpoint=args.checkpoint, against_nnunet=args.against == "nnunet", threads=args.threads,
             processes=args.processes, cpus=args.cpus, rounds=args.rounds, warmup=args.warmup, work_dir=args.work_dir,
+            precision=args.precision,
         )
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -246,6 +248,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch threads of both tools (default: the usable CPUs)")
     q.add_argument("--cpus", type=_cpus, default=None, metavar="LIST", help="run both tools on these CPUs only, e.g. 0 or 0-3")
     q.add_argument("--processes", type=positive_int, default=2, metavar="P", help="nnU-Net's -npp and -nps (default: 2)")
+    q.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fastseg's --precision (default: auto, bf16 autocast on CPUs with AMX tiles); nnU-Net runs fp32")
     q.add_argument("--rounds", type=positive_int, default=1, metavar="R", help="timed runs per tool; medians reported (default: 1)")
     q.add_argument("--warmup", type=int, default=0, metavar="W", help="untimed runs per tool first (default: 0)")
     q.add_argument("--work-dir", default=None, metavar="DIR", help="keep the outputs in DIR/fastseg and DIR/nnunet (default: a temporary folder)")
