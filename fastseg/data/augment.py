@@ -40,8 +40,8 @@ pass a fraction of that, and DALI never holds the larger initial patch. It then 
 the noise natively too (fastseg.data.intensity, the same steps, order and parameter draws;
 `AugmentSpec.source_intensity`): on 2D patches DALI's fixed cost per operator and batch (and the
 conditionals' split and merge copies) outweighed the arithmetic, so the CPU loader's batches leave the
-source finished. The graph below still does all of it for the GPU path and for sources that deliver
-initial patches.
+source finished and go to torch without a DALI graph (fastseg.data.loader). The graph below still does
+all of it for the GPU path and for sources that deliver initial patches.
 
 How it maps onto DALI. Channels are treated as frames (`FDHWC` with C = 1, or `FDHW`) so that every
 per-channel parameter is a per-frame argument (`fn.per_frame`) and no transpose is needed: warp_affine
