@@ -156,6 +156,24 @@ def test_streamed_tiff_output_equals_the_nifti_output(models, tmp_path, monkeypa
     assert not scratch_folder(tiff).exists()
 
 
+def test_command_writes_ome_tiff_for_an_ome_tif_output(models, tmp_path):
+    """`fastseg predict -i case -o case.ome.tif` streams the case into a tiled OME-TIFF (whatever its
+    size) whose labels equal the in-memory prediction."""
+    import tifffile
+
+    model, images = models["3d"]
+    case = _volume(images, tmp_path / "case_0000.nii.gz", _plans_spacing(model), z_reps=1)
+    out = tmp_path / "pred" / "case.ome.tif"
+    run = _run(fastseg_script(), "predict", "-m", model, "-i", case, "-o", out, "--no-tta", "--batch-size", "2")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "writing a tiled OME-TIFF, streamed in slabs" in run.stderr, run.stderr[-2000:]
+    predictor = Predictor.from_model_folder(model, tta=False, batch_size=2)
+    reference = predictor.predict_array(*fio.read_images([case]))
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.series[0].asarray(), reference)
+
+
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_resample_rows_equals_the_whole_axis_pass(order):
     """Windows of rows resampled along z with the whole axis's mapping: orders 0 and 1 bit for bit,

@@ -44,7 +44,10 @@ def _budget(text: str) -> float:
 def _outputs(cases, output: Path, file_ending: str) -> list[Path]:
     from fastseg.io.formats import split_ending
 
-    if split_ending(output)[1].lower() == file_ending.lower() and not output.is_dir():
+    from fastseg.io.tiff_stream import OME_TIFF_ENDINGS
+
+    ome = output.name.lower().endswith(OME_TIFF_ENDINGS)  # a tiled OME-TIFF, streamed in slabs
+    if (ome or split_ending(output)[1].lower() == file_ending.lower()) and not output.is_dir():
         if len(cases) != 1:
             raise ValueError(f"-o {output} is a file, but the input holds {len(cases)} cases; give a folder")
         return [output]
@@ -159,6 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  fastseg predict -d 1 -c 3d_fullres -i imagesTs -o pred      (nnUNet_results set)\n"
             "  fastseg predict -m MODEL -i case_0000.nii.gz -o case.nii.gz --no-tta --step-size 0.75\n"
             "  fastseg predict -m MODEL -i big_ct -o pred --memory-budget-gb 4      (slabs when a case needs more)\n"
+            "  fastseg predict -m MODEL -i ct_0000.nii.gz -o ct.ome.tif      (a tiled OME-TIFF, streamed in slabs)\n"
             "  fastseg predict -m MODEL -i /shared/imagesTs -o /shared/pred --ray auto      (a Ray cluster)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -166,7 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default=None, metavar="MODEL_DIR", help="trained model folder")
     add_model_options(p, "-m MODEL_DIR")
     p.add_argument("-i", "--input", required=True, nargs="+", metavar="INPUT", help="a folder (case_0000.nii.gz ... per channel) or files")
-    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder (created), or a file for a single case")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder (created), or a file for a single case (.ome.tif: a tiled OME-TIFF of a 3D case, streamed)")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, default=["0"], metavar="FOLD",
                    help="folds to ensemble, numbers or 'all' (default: 0); their logits are averaged")
     p.add_argument("--checkpoint", default="final", metavar="final|best|PATH", help="checkpoint to load (default: final)")

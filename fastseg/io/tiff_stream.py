@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: Output file endings written as TIFF by the streamed 3D predictor.
+#: Output file endings written as TIFF by the streamed 3D predictor (`stream_case`).
 TIFF_ENDINGS = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
+#: Output file endings `fastseg predict` streams into a tiled OME-TIFF for any 3D case.
+OME_TIFF_ENDINGS = (".ome.tif", ".ome.tiff")
 
 
 class TiffSlabWriter:

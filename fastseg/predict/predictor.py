@@ -398,7 +398,8 @@ class Predictor:
     def _split_streamed(self, todo: list, save_probabilities: bool) -> tuple[list, list]:
         """(cases predicted in memory, [(case, output, budget bytes)] streamed in slabs): a 3D case
         whose in-memory prediction would need more than the budget (`memory_budget_gb`, or half the
-        free memory) is streamed."""
+        free memory), or whose output is a tiled OME-TIFF (.ome.tif), is streamed."""
+        from fastseg.io.tiff_stream import OME_TIFF_ENDINGS
         from fastseg.predict.streaming import in_memory_bytes
         from fastseg.runtime.workers import available_memory
 
@@ -406,6 +407,11 @@ class Predictor:
         kept, streamed = [], []
         for case, out in todo:
             budget = self.memory_budget if explicit else available_memory() // 2
+            if Path(out).name.lower().endswith(OME_TIFF_ENDINGS):  # written slab by slab, whatever the size
+                logger.info("case %s: writing a tiled OME-TIFF, streamed in slabs (%.2f GB budget)", case.identifier,
+                            budget / 2**30)
+                streamed.append((case, out, budget))
+                continue
             need = in_memory_bytes(self, case.images)
             if need is None or need <= budget:
                 kept.append((case, out))
