@@ -217,7 +217,7 @@ def test_compiled_channels_last_training_follows_the_eager_run(work, tmp_path):
     one: the same losses to float rounding, weights that load into nnU-Net's network as they are."""
     _, work = work
     args = ["-f", "all", "--epochs", "2", "--no-final-validation", "--iterations-per-epoch", "3", "--val-iterations", "1",
-            "--workers", "1"]
+            "--workers", "1", "--cpu-precision", "fp32"]
     eager, compiled = _copy(work, tmp_path / "eager"), _copy(work, tmp_path / "compiled")
     _train(eager, *args, "--no-compile")
     _train(compiled, *args)
@@ -229,6 +229,38 @@ def test_compiled_channels_last_training_follows_the_eager_run(work, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         np.testing.assert_allclose(wb[k].numpy(), wa[k].numpy(), rtol=1e-3, atol=1e-4, err_msg=k)  # fused float sums through momentum 0.99: ~3e-5 seen
+
+
+def test_bf16_autocast_training_follows_the_fp32_run(work, tmp_path):
+    """--cpu-precision bf16 (the default on CPUs with AMX tiles) changes the arithmetic, not the recipe:
+    the same batches give losses within bfloat16's rounding of the float32 run's, and the weights move
+    the same way."""
+    _, work = work
+    args = ["-f", "all", "--epochs", "2", "--no-final-validation", *SMALL]
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        folder = _copy(work, tmp_path / precision)
+        run = _train(folder, *args, "--cpu-precision", precision)
+        assert ("bf16 autocast" in run.stderr) == (precision == "bf16"), run.stderr[-2000:]
+        runs[precision] = load_checkpoint(folder / "results" / MODEL / "fold_all" / "checkpoint_final.pth")
+    a, b = (np.array(runs[p]["logging"]["train_losses"]) for p in ("fp32", "bf16"))
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.01)
+    assert not np.array_equal(a, b), "bf16 autocast did not change the arithmetic"
+    # the run's initial weights: the trainer seeds torch with the run's seed (0) and builds the network
+    from fastseg.train.network import build_network
+
+    plans, dataset = (json.loads((work / n).read_text()) for n in ("plans.json", "dataset.json"))
+    torch.manual_seed(0)
+    initial = build_network(plans, plans["configurations"]["3d_fullres"], len(dataset["channel_names"]),
+                            len(dataset["labels"]), deep_supervision=True).state_dict()
+    np.testing.assert_allclose(network_state(runs["fp32"])["decoder.seg_layers.0.bias"].numpy(),
+                               initial["decoder.seg_layers.0.bias"].numpy(), atol=0.05)  # the same start
+    wa, wb = network_state(runs["fp32"]), network_state(runs["bf16"])
+    last_seg = max((k for k in wa if k.startswith("decoder.seg_layers.") and k.endswith(".weight")),
+                   key=lambda k: int(k.split(".")[2]))  # full resolution (the coarsest output weighs 0)
+    for k in ("encoder.stages.0.0.convs.0.conv.weight", last_seg):
+        step_a, step_b = (wa[k] - initial[k]).flatten(), (wb[k] - initial[k]).flatten()
+        assert float(torch.nn.functional.cosine_similarity(step_a, step_b, dim=0)) > 0.9, k
 
 
 @requires_cuda

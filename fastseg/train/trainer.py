@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fastseg.predict.precision import PRECISIONS, resolve_precision
+
 logger = logging.getLogger(__name__)
 
 #: The trainer name written into checkpoints and the model folder's name: the recipe is nnU-Net's
@@ -63,7 +65,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     compile: bool = True  # torch.compile the network (on the CPU too, in channels-last layout)
-    cpu_precision: str = "fp32"  # "fp32" or "bf16" (autocast on the CPU)
+    cpu_precision: str = "auto"  # "auto" (bf16 autocast on CPUs with AMX tiles, else fp32), "fp32" or "bf16"
     final_validation: bool = True
     save_probabilities: bool = False  # the final validation's .npz (for ensembles and find-best)
     oversample_foreground_percent: float = 0.33
@@ -76,8 +78,8 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.val_iterations < 0:
             raise TrainingError(f"val_iterations must be >= 0, got {self.val_iterations}")
-        if self.cpu_precision not in ("fp32", "bf16"):
-            raise TrainingError(f"cpu_precision must be 'fp32' or 'bf16', got {self.cpu_precision!r}")
+        if self.cpu_precision not in PRECISIONS:
+            raise TrainingError(f"cpu_precision must be one of {', '.join(PRECISIONS)}, got {self.cpu_precision!r}")
 
 
 @dataclass
@@ -362,7 +364,9 @@ def train(
     mirror_axes = None
     init_args = {"plans": plans, "configuration": configuration, "fold": fold, "dataset_json": dataset_json,
                  "device": str(device)}
-    amp = (device.type == "cuda", torch.float16) if device.type == "cuda" else (config.cpu_precision == "bf16", torch.bfloat16)
+    # CUDA: fp16 autocast with the grad scaler, as nnU-Net; CPU: bf16 autocast where it pays (AMX) or asked
+    amp = (True, torch.float16) if device.type == "cuda" else \
+        (resolve_precision(config.cpu_precision, device) == "bf16", torch.bfloat16)
 
     def save(path: Path, epoch: int) -> None:
         if is_main:
@@ -373,7 +377,7 @@ def train(
 
     note(f"training {configuration} fold {fold}: {len(train_ids)} training and {len(val_ids)} validation cases, "
          f"batch {batch}{f' per process ({distributed.world_size} processes)' if distributed.active else ''}, "
-         f"patch {cfg['patch_size']}, device {device}, epochs {start_epoch}..{config.epochs - 1}")
+         f"patch {cfg['patch_size']}, device {device}{' (bf16 autocast)' if device.type == 'cpu' and amp[0] else ''}, epochs {start_epoch}..{config.epochs - 1}")
     show = sys.stderr.isatty() if progress is None else progress
     for epoch in range(start_epoch, config.epochs):
         logbook.log("epoch_start_timestamps", time.time(), epoch)
