@@ -704,8 +704,9 @@ def stream_case(
     start = time.perf_counter()
     voxels = 0
     try:
-        with heap.map_large_allocations(), torch.inference_mode(), tqdm(total=len(plan.slabs), initial=k0, desc=f"{case} (streamed)", unit="slab",
-                                          disable=disable) as bar:
+        # The loop's arrays get their own mappings; only the forward passes use the heap (module docstring).
+        bar = tqdm(total=len(plan.slabs), initial=k0, desc=f"{case} (streamed)", unit="slab", disable=disable)
+        with heap.map_large_allocations(), torch.inference_mode(), bar:
             for k in range(k0, len(plan.slabs)):
                 b0, b1 = plan.slabs[k]
                 tiles = offsets[b0 * tpp : min(len(offsets), b1 * tpp)]
