@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fastseg.benchmark.loader import BenchmarkError, nnunet_reference
+from fastseg.predict.precision import resolve_precision
 
 
 @dataclass
@@ -198,8 +199,9 @@ def format_report(result: TrainBenchmark) -> str:
     lines = [f"training, {result.configuration} fold {result.fold}: {result.epochs} epochs x {result.iterations} iterations "
              f"(+{result.val_iterations} validation), batch {result.batch_size} x {result.patch_size}, "
              f"{result.workers} loader workers, {result.threads} torch threads each; epoch 0 is the warm-up; fastseg "
-             f"{'compiled (torch.compile, channels-last)' if result.compiled else 'eager'}, nnU-Net eager (it does not "
-             "compile on the CPU)"]
+             f"{'compiled (torch.compile, channels-last)' if result.compiled else 'eager'}, "
+             f"{resolve_precision('auto', 'cpu')} on the CPU (`--cpu-precision auto`), nnU-Net eager fp32 (it neither "
+             "compiles nor autocasts on the CPU)"]
     for run in (result.fastseg, result.nnunet):
         if run is not None:
             name = "fastseg" if run.tool == "fastseg" else "nnU-Net"
