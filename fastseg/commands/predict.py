@@ -184,7 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the network: compiling takes about half a minute, each tile is then faster")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto (default: bf16 autocast on CPUs with AMX tiles, where it is "
-                        "about 5x faster, fp32 elsewhere), fp32 (as nnU-Net on the CPU) or bf16")
+                        "2-2.5x faster per forward pass, fp32 elsewhere), fp32 (as nnU-Net on the CPU) or bf16")
     p.add_argument("--save-probabilities", action="store_true", help="also write nnU-Net's .npz (probabilities) and .pkl beside each output")
     p.add_argument("--postprocessing", default=None, metavar="FILE", help="apply nnU-Net's postprocessing.pkl (or fastseg's .json) to the outputs")
     p.add_argument("--continue", dest="continue_", action="store_true",
