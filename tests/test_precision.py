@@ -42,3 +42,56 @@ def test_autocast_network_runs_convolutions_in_bf16_and_agrees_with_fp32():
     # bfloat16 keeps 8 significant bits: relative error of a few 1e-3 over these small sums
     torch.testing.assert_close(out.float(), reference, rtol=0.03, atol=0.03)
     assert not torch.equal(out.float(), reference)
+
+
+def _unet(kind: str, dims: int, deep_supervision: bool = False):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+    norm = torch.nn.InstanceNorm3d if dims == 3 else torch.nn.InstanceNorm2d
+    common = dict(
+        input_channels=2, n_stages=4, features_per_stage=[4, 8, 16, 16], conv_op=conv, kernel_sizes=3,
+        strides=[1, 2, 2, 2], num_classes=3, n_conv_per_stage_decoder=2, conv_bias=True, norm_op=norm,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        deep_supervision=deep_supervision,
+    )
+    if kind == "plain":
+        return PlainConvUNet(n_conv_per_stage=2, **common).eval()
+    return ResidualEncoderUNet(n_blocks_per_stage=[1, 2, 2, 2], **common).eval()
+
+
+@pytest.mark.parametrize("kind", ["plain", "residual"])
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lean_forward_equals_the_library_forward_bit_for_bit(kind, dims, precision):
+    from fastseg.predict.lean import LeanUNet, lean_forward_applies
+
+    torch.manual_seed(1)
+    net = _unet(kind, dims)
+    for p in net.parameters():  # trained-looking weights: not the initial ones, affine norms not 1/0
+        p.data += 0.05 * torch.randn_like(p)
+    x = torch.randn(2, 2, *([16, 24, 32] if dims == 3 else [40, 48]))
+    assert lean_forward_applies(net)
+    with torch.inference_mode():
+        if precision == "bf16":
+            reference = AutocastNetwork(net, "cpu")(x)
+            lean = AutocastNetwork(LeanUNet(net), "cpu")(x)
+        else:
+            reference, lean = net(x), LeanUNet(net)(x)
+    assert lean.dtype == reference.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert torch.equal(lean, reference)
+
+
+def test_lean_forward_is_not_used_where_it_could_differ():
+    from fastseg.predict.lean import lean_forward_applies
+
+    assert not lean_forward_applies(_unet("plain", 3, deep_supervision=True))
+    net = _unet("plain", 3)
+
+    class Custom(type(net)):  # a subclass with its own forward: only the library's forward is known
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    net.__class__ = Custom
+    assert not lean_forward_applies(net)
+    assert not lean_forward_applies(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3)))

@@ -27,6 +27,7 @@ import numpy as np
 
 from fastseg.io.atomic import atomic_path
 from fastseg.predict.export import export_case
+from fastseg.predict.lean import LeanUNet, lean_forward_applies
 from fastseg.predict.inputs import InputCase
 from fastseg.predict.model import ModelFolder, load_model_folder, load_networks
 from fastseg.predict.sliding import mirror_combinations, predict_logits
@@ -117,6 +118,8 @@ class Predictor:
         self.batch_size = batch_size or self._default_batch_size(copies)
         if compile:  # compiled at the first forward pass (tens of seconds), faster after that
             self.networks = [torch.compile(net) for net in self.networks]
+        else:  # the same outputs with fewer activations held at once (fastseg.predict.lean)
+            self.networks = [LeanUNet(net) if lean_forward_applies(net) else net for net in self.networks]
         if self.precision == "bf16":
             self.networks = [AutocastNetwork(net, self.device) for net in self.networks]
 
