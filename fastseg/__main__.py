@@ -1,8 +1,6 @@
 """`python -m fastseg ...`: the `fastseg` command (what `torchrun ... -m fastseg train ...` runs)."""
 
-import sys
-
-from fastseg.cli import main
+from fastseg.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

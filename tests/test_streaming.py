@@ -104,6 +104,57 @@ def test_streamed_equals_in_memory(models, tmp_path, name, spacing):
     assert not scratch_folder(out).exists()
 
 
+def test_2d_configuration_streams_by_default_with_the_in_memory_labels(models, tmp_path, caplog):
+    """Without a memory budget a 2d configuration predicts a 3D NIfTI case in slabs (within
+    `SLAB_BUDGET_2D`, raised to the minimum one slab needs) and writes the in-memory labels; with
+    probabilities asked for, or an explicit budget the case fits, it is predicted in memory."""
+    from fastseg.predict.inputs import InputCase
+
+    model, images = models["2d"]
+    case = _volume(images, tmp_path / "case_0000.nii.gz", _plans_spacing(models["3d"][0]), z_reps=3)
+    predictor = Predictor.from_model_folder(model, tta=False, batch_size=8)
+    data, props = fio.read_images([case])
+    reference = predictor.predict_array(data, props)
+    assert len(np.unique(reference)) > 2, "the model predicts almost nothing: the comparison would say little"
+    outputs = {}
+    for name, kwargs, budget in (("default", {}, None), ("probabilities", {"save_probabilities": True}, None),
+                                 ("budget", {}, 4.0)):
+        predictor.memory_budget = None if budget is None else int(budget * 2**30)
+        out = tmp_path / name / "case.nii.gz"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fastseg.predict"):
+            report = predictor.predict_cases([InputCase("case", [case])], [out], progress=False, **kwargs)
+        assert report.written == [out] and not report.failed
+        outputs[name] = (sitk.GetArrayFromImage(sitk.ReadImage(str(out))), "streaming in" in caplog.text)
+        assert not scratch_folder(out).exists()
+    assert outputs["default"][1] and not outputs["probabilities"][1] and not outputs["budget"][1]
+    for name, (labels, _) in outputs.items():
+        assert np.array_equal(labels, reference), name
+
+
+def test_2d_case_that_streaming_refuses_is_predicted_in_memory(models, tmp_path, monkeypatch):
+    """A layout streaming does not take (here: refused at once) falls back to the in-memory
+    prediction, which is written as without streaming."""
+    import fastseg.predict.streaming as streaming
+    from fastseg.predict.inputs import InputCase
+
+    model, images = models["2d"]
+    case = _volume(images, tmp_path / "case_0000.nii.gz", _plans_spacing(models["3d"][0]), z_reps=1)
+    predictor = Predictor.from_model_folder(model, tta=False, batch_size=8)
+    refused = []
+
+    def refuse(*args, **kwargs):
+        refused.append(kwargs.get("case"))
+        raise StreamingError("case case: a layout streaming does not handle")
+
+    monkeypatch.setattr(streaming, "stream_case", refuse)
+    out = tmp_path / "out" / "case.nii.gz"
+    report = predictor.predict_cases([InputCase("case", [case])], [out], progress=False)
+    assert refused == ["case"] and report.written == [out] and not report.failed
+    data, props = fio.read_images([case])
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), predictor.predict_array(data, props))
+
+
 def test_streamed_tiff_output_equals_the_nifti_output(models, tmp_path, monkeypatch):
     """An output ending in .ome.tif is a tiled OME-TIFF (one tiled page per z plane, zlib) with the
     labels of the NIfTI output, the voxel size in its OME-XML (micrometres) and its resolution tags;

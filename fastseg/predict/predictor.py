@@ -35,6 +35,10 @@ from fastseg.preprocess.caseplan import CasePlan
 
 logger = logging.getLogger(__name__)
 
+#: Bytes a 2d configuration's case streamed by default may take (`Predictor._slabs_by_default`);
+#: raised to the minimum where one slab needs more.
+SLAB_BUDGET_2D = 64 * 2**20
+
 
 @dataclass
 class PredictionReport:
@@ -196,10 +200,16 @@ class Predictor:
         return out, props
 
     def logits(self, data: np.ndarray, on_tiles=None) -> tuple[np.ndarray, np.ndarray]:
-        """Sliding window over a preprocessed image: (accumulator, weights)."""
-        with _torch_threads(self.threads):
+        """Sliding window over a preprocessed image: (accumulator, weights).
+
+        Where `fastseg predict` keeps freed memory for the forward passes (`fastseg.runtime.heap`),
+        the accumulator, the weights and the tiles' outputs get mappings of their own: the heap the
+        forward passes reuse does not fragment around them and grow (measured: 100-250 MiB)."""
+        from fastseg.runtime import heap
+
+        with _torch_threads(self.threads), heap.forward_passes_only(self.networks) as networks:
             return predict_logits(
-                self.networks,
+                networks,
                 data,
                 self.patch_size,
                 self.model.num_outputs,
@@ -259,6 +269,7 @@ class Predictor:
         save_probabilities: bool = False,
         skip_existing: bool = False,
         progress: bool | None = None,
+        _slabs: bool = True,
     ) -> PredictionReport:
         """Segments many cases through the three-stage pipeline.
 
@@ -290,7 +301,7 @@ class Predictor:
                 todo.append((case, out))
         from fastseg.io.atomic import remove_abandoned_temporaries
 
-        todo, streamed = self._split_streamed(todo, save_probabilities)
+        todo, streamed = self._split_streamed(todo, save_probabilities) if _slabs else (todo, [])
         for folder in dict.fromkeys(out.parent for out in outputs):
             folder.mkdir(parents=True, exist_ok=True)
             removed = remove_abandoned_temporaries(folder)
@@ -390,18 +401,39 @@ class Predictor:
                 predicted.put(None)
                 writer.join()
                 reader.join()
-        for case, out, budget in streamed:
-            self._stream(case, out, budget, report, resume=skip_existing, progress=progress,
-                         save_probabilities=save_probabilities)
+        for case, out, budget, by_default in streamed:
+            if by_default:
+                self._stream_2d(case, out, budget, report, resume=skip_existing, progress=progress)
+            else:
+                self._stream(case, out, budget, report, resume=skip_existing, progress=progress,
+                             save_probabilities=save_probabilities)
         failed_first = {k: report.failed[k] for k in sorted(report.failed)}
         report.failed = failed_first
         report.seconds["total"] = time.perf_counter() - start
         return report
 
+    def _slabs_by_default(self, out: Path, save_probabilities: bool) -> bool:
+        """True for a case that a 2d configuration predicts a few slices at a time even without a
+        memory budget: its slices are tiled, accumulated and resampled (in-plane only) independently
+        of each other, so the streamed labels are the in-memory ones (tests/test_streaming.py), in a
+        fraction of the memory (benchmarks/README.md, "Prediction"). Needs a NIfTI output, labels
+        only and no postprocessing (which need the whole label map), on the CPU."""
+        from fastseg.io.formats import split_ending
+
+        return (
+            len(self.patch_size) == 2
+            and self.device.type == "cpu"
+            and not save_probabilities
+            and not self.postprocessing
+            and split_ending(Path(out))[1].lower() in (".nii.gz", ".nii")
+        )
+
     def _split_streamed(self, todo: list, save_probabilities: bool) -> tuple[list, list]:
-        """(cases predicted in memory, [(case, output, budget bytes)] streamed in slabs): a 3D case
-        whose in-memory prediction would need more than the budget (`memory_budget_gb`, or half the
-        free memory), or whose output is a tiled OME-TIFF (.ome.tif), is streamed."""
+        """(cases predicted in memory, [(case, output, budget bytes, by default)] streamed in slabs): a 3D
+        case whose in-memory prediction would need more than the budget (`memory_budget_gb`, or half
+        the free memory), or whose output is a tiled OME-TIFF (.ome.tif), is streamed; without a
+        budget, so is a 3D case of a 2d configuration (`_slabs_by_default`), within
+        `SLAB_BUDGET_2D` bytes."""
         from fastseg.io.tiff_stream import OME_TIFF_ENDINGS
         from fastseg.predict.streaming import in_memory_bytes
         from fastseg.runtime.workers import available_memory
@@ -413,9 +445,12 @@ class Predictor:
             if Path(out).name.lower().endswith(OME_TIFF_ENDINGS):  # written slab by slab, whatever the size
                 logger.info("case %s: writing a tiled OME-TIFF, streamed in slabs (%.2f GB budget)", case.identifier,
                             budget / 2**30)
-                streamed.append((case, out, budget))
+                streamed.append((case, out, budget, False))
                 continue
             need = in_memory_bytes(self, case.images)
+            if need is not None and not explicit and self._slabs_by_default(out, save_probabilities):
+                streamed.append((case, out, min(budget, SLAB_BUDGET_2D), True))
+                continue
             if need is None or need <= budget:
                 kept.append((case, out))
                 continue
@@ -431,8 +466,47 @@ class Predictor:
                 "case %s needs about %.2f GB in memory, more than %s (%.2f GB): streaming it in slabs",
                 case.identifier, need / 2**30, "the budget" if explicit else "half the free memory", budget / 2**30,
             )
-            streamed.append((case, out, budget))
+            streamed.append((case, out, budget, False))
         return kept, streamed
+
+    def _stream_2d(self, case, out: Path, budget: int, report: PredictionReport, *, resume: bool, progress) -> None:
+        """A 2d configuration's case streamed by default; where streaming does not take the case (a layout
+        it does not handle, a file it cannot read by slices, slices too large for the budget and
+        half the free memory) it is predicted in memory instead, as without streaming."""
+        import shutil
+
+        from fastseg.predict.streaming import StreamingError, scratch_folder, stream_case
+        from fastseg.runtime.workers import available_memory
+
+        t = time.perf_counter()
+        if self.threads is not None:
+            self._pin_kernel_threads()
+        try:
+            with _torch_threads(self.threads):
+                try:
+                    stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
+                                case=case.identifier)
+                except StreamingError as err:
+                    if err.minimum is None or err.minimum > available_memory() // 2:
+                        raise
+                    stream_case(self, case.images, out, budget=err.minimum, resume=resume, progress=progress,
+                                case=case.identifier)
+            report.written.append(out)
+            return
+        except StreamingError as err:
+            shutil.rmtree(scratch_folder(out), ignore_errors=True)
+            logger.debug("case %s: predicted in memory, not in slabs: %s", case.identifier, err)
+        except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
+            report.failed[case.identifier] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
+            return
+        finally:
+            report.seconds["network"] += time.perf_counter() - t
+        whole = self.predict_cases([case], [out], skip_existing=False, progress=progress, _slabs=False)
+        report.written.extend(whole.written)
+        report.failed.update(whole.failed)
+        for k in ("read", "network", "write"):
+            report.seconds[k] += whole.seconds[k]
 
     def _stream(self, case, out: Path, budget: int, report: PredictionReport, *, resume: bool, progress,
                 save_probabilities: bool = False) -> None:

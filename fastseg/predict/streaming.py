@@ -88,7 +88,15 @@ _KEYS = ("order", "order_z", "force_separate_z", "separate_z_anisotropy_threshol
 
 
 class StreamingError(ValueError):
-    """A case that cannot be streamed as asked (budget too small, unsupported layout); names the case."""
+    """A case that cannot be streamed as asked (budget too small, unsupported layout); names the case.
+
+    Attributes:
+        minimum: for a budget too small, the smallest budget in bytes that holds one slab; else None.
+    """
+
+    def __init__(self, message: str, minimum: int | None = None) -> None:
+        super().__init__(message)
+        self.minimum = minimum
 
 
 # --- the plan: what is global ---------------------------------------------------------------------
@@ -323,7 +331,8 @@ def make_plan(readers: list[SlabReader], properties: dict, predictor: Any, budge
         raise StreamingError(
             f"case {case}: a memory budget of {budget / 2**30:.3f} GB cannot hold one slab with its halo "
             f"({min_rows} rows of {padded[1]}x{padded[2]} voxels, {geo.cin} input and {geo.cout} output channels); "
-            f"give at least --memory-budget-gb {math.ceil(need / _HEADROOM / 2**30 * 1000) / 1000:.3f}"
+            f"give at least --memory-budget-gb {math.ceil(need / _HEADROOM / 2**30 * 1000) / 1000:.3f}",
+            minimum=math.ceil(need / _HEADROOM),
         )
     slabs = []
     b = 0
