@@ -27,8 +27,8 @@ import numpy as np
 
 from fastseg.io.atomic import atomic_path
 from fastseg.predict.export import export_case
-from fastseg.predict.lean import LeanUNet, lean_forward_applies
 from fastseg.predict.inputs import InputCase
+from fastseg.predict.lean import LeanUNet, lean_forward_applies
 from fastseg.predict.model import ModelFolder, load_model_folder, load_networks
 from fastseg.predict.sliding import mirror_combinations, predict_logits
 from fastseg.preprocess.caseplan import CasePlan
