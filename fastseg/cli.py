@@ -51,32 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-_skip_teardown = {"requested": False}
-
-
-def skip_teardown() -> None:
-    """Asks `console` to end the process without tearing the interpreter down, once the command has
-    returned: the command's files are written and closed, and what it registered with `atexit` still
-    runs. Skipped is what follows: Python's module teardown and the C++ static destructors of torch
-    and its CUDA libraries, whose code the process would page in only to run them (measured for
-    `fastseg predict`: ~0.5 s and 120-170 MiB of library pages at exit, benchmarks/README.md)."""
-    _skip_teardown["requested"] = True
-
-
 def console() -> None:
-    """The `fastseg` command (and `python -m fastseg`): `main`, then exit with its code."""
-    code = main()
-    if _skip_teardown["requested"]:
-        import atexit
-        import os
+    """The `fastseg` command (and `python -m fastseg`): `main`, then exit with its code; without the
+    interpreter's teardown where the command asked for that (`fastseg.runtime.teardown`)."""
+    from fastseg.runtime import teardown
 
-        atexit._run_exitfuncs()  # logging's flush, temporary folders, worker pools: as at a normal exit
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+    code = main()
+    if teardown.requested():
+        teardown.exit_now(code)
     sys.exit(code)
 
 

@@ -87,8 +87,13 @@ def test_streamed_equals_in_memory(models, tmp_path, name, spacing):
     out = tmp_path / "out" / "case.nii.gz"
     out.parent.mkdir()
     minimum = _minimum_budget(predictor, case, out)
+    t = time.perf_counter()
     info = stream_case(predictor, [case], out, budget=int(minimum * 2**30), progress=False)  # the minimum suffices
+    total = time.perf_counter() - t
     assert info["slabs"] >= 4, info
+    assert set(info["seconds"]) == {"read", "write"}, info
+    assert 0 < info["seconds"]["read"] and 0 < info["seconds"]["write"]
+    assert info["seconds"]["read"] + info["seconds"]["write"] < total
     data, props = fio.read_images([case])
     reference = predictor.predict_array(data, props)
     assert len(np.unique(reference)) > 2, "the model predicts almost nothing: the comparison would say little"

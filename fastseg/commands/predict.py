@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         from fastseg.commands.ray_cluster import predict_on_ray
 
         return predict_on_ray(args, dataset_model_folder(args, args.model, "-m MODEL_DIR"), folds, _cases_and_outputs)
-    from fastseg.cli import skip_teardown
+    from fastseg.runtime.teardown import skip_teardown
 
-    skip_teardown()  # files are written atomically and closed by now; torch's teardown only costs (fastseg.cli)
+    skip_teardown()  # files are written atomically and closed when it applies (fastseg.runtime.teardown)
     if args.device == "cpu":
         from fastseg.runtime.heap import retain_freed_memory
 

@@ -57,6 +57,14 @@ class PredictionReport:
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "network": 0.0, "write": 0.0, "total": 0.0})
 
 
+def _split_stages(report: PredictionReport, seconds: Mapping[str, float]) -> None:
+    """Moves a streamed case's reading and writing time (`stream_case`'s "seconds") out of the
+    network stage, to which the whole streamed call is first counted."""
+    for stage in ("read", "write"):
+        report.seconds[stage] += seconds[stage]
+        report.seconds["network"] -= seconds[stage]
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """torch's threads and this thread's native kernel threads set to `n` for the block (None: unchanged)."""
@@ -472,7 +480,8 @@ class Predictor:
     def _stream_2d(self, case, out: Path, budget: int, report: PredictionReport, *, resume: bool, progress) -> None:
         """A 2d configuration's case streamed by default; where streaming does not take the case (a layout
         it does not handle, a file it cannot read by slices, slices too large for the budget and
-        half the free memory) it is predicted in memory instead, as without streaming."""
+        half the free memory) or fails, its slab state is removed and it is predicted in memory, as
+        without streaming: a case that cannot be read is then reported by that path."""
         import shutil
 
         from fastseg.predict.streaming import StreamingError, scratch_folder, stream_case
@@ -484,22 +493,19 @@ class Predictor:
         try:
             with _torch_threads(self.threads):
                 try:
-                    stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
-                                case=case.identifier)
+                    info = stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
+                                       case=case.identifier)
                 except StreamingError as err:
                     if err.minimum is None or err.minimum > available_memory() // 2:
                         raise
-                    stream_case(self, case.images, out, budget=err.minimum, resume=resume, progress=progress,
-                                case=case.identifier)
+                    info = stream_case(self, case.images, out, budget=err.minimum, resume=resume,
+                                       progress=progress, case=case.identifier)
             report.written.append(out)
+            _split_stages(report, info["seconds"])
             return
-        except StreamingError as err:
+        except Exception as err:  # noqa: BLE001 -- the in-memory path below reads the case anew and reports it
             shutil.rmtree(scratch_folder(out), ignore_errors=True)
             logger.debug("case %s: predicted in memory, not in slabs: %s", case.identifier, err)
-        except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
-            report.failed[case.identifier] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-            logger.error("case %s: %s", case.identifier, report.failed[case.identifier])
-            return
         finally:
             report.seconds["network"] += time.perf_counter() - t
         whole = self.predict_cases([case], [out], skip_existing=False, progress=progress, _slabs=False)
@@ -525,9 +531,10 @@ class Predictor:
             self._pin_kernel_threads()
         try:
             with _torch_threads(self.threads):
-                stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
-                            case=case.identifier)
+                info = stream_case(self, case.images, out, budget=budget, resume=resume, progress=progress,
+                                   case=case.identifier)
             report.written.append(out)
+            _split_stages(report, info["seconds"])
         except Exception as err:  # noqa: BLE001 -- reported per case, the others go on
             report.failed[case.identifier] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
             logger.error("case %s: %s", case.identifier, report.failed[case.identifier])

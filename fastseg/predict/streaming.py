@@ -617,7 +617,9 @@ def stream_case(
         case: the case's name in messages (default: the output's name).
 
     Returns:
-        {"slabs": number of slabs, "resumed_from": first slab run, "estimate": planned peak bytes}.
+        {"slabs": number of slabs, "resumed_from": first slab run, "estimate": planned peak bytes,
+        "seconds": {"read": reading, the first pass and preprocessing, "write": export, writing and
+        the resume records}} (the rest of the call is the network's).
 
     Raises:
         StreamingError: an output that is neither NIfTI nor TIFF, a layout streaming does not handle, or a budget
@@ -650,12 +652,15 @@ def stream_case(
     if state is None:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
+    clock = {"read": 0.0, "write": 0.0}
+    t = time.perf_counter()
     readers = _open_inputs(paths, scratch, prepared=state is not None)
     properties = readers[0].volume.properties
     geo = _Geometry(predictor, readers[0].volume.shape, properties)
     if state is None:
         try:
             plan = make_plan(readers, properties, predictor, budget, case)
+            clock["read"] += time.perf_counter() - t
         except Exception:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -737,7 +742,9 @@ def stream_case(
                 wts[keep:] = 0
                 win0, win1 = w0, w1
                 if src_valid[1] < w1:
+                    t = time.perf_counter()
                     rows.fill(src, w0, src_valid[1], w1)
+                    clock["read"] += time.perf_counter() - t
                 src_valid = (w0, w1)
                 local = tiles.copy()
                 local[:, 0] -= w0
@@ -746,17 +753,21 @@ def stream_case(
                         _run_batch(predictor, source, local[start_tile : start_tile + tpp], acc, wts, importance,
                                    two_d, combos, scale)
                 final_end = int(offsets[b1 * tpp, 0]) if b1 * tpp < len(offsets) else plan.padded[0]
+                t = time.perf_counter()
                 written = exporter.export(acc, wts, w0, final_end)
                 voxels += written * plane
                 _save(scratch, k + 1, state, plan, acc, wts, w0, w1, final_end, exporter, writer)
+                clock["write"] += time.perf_counter() - t
                 bar.update()
                 bar.set_postfix_str(f"{voxels / max(time.perf_counter() - start, 1e-9):.3g} voxels/s")
+        t = time.perf_counter()
         writer.finish()
         os.replace(partial, output)
     finally:
         writer.close()
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"slabs": len(plan.slabs), "resumed_from": k0, "estimate": plan.estimate}
+    clock["write"] += time.perf_counter() - t
+    return {"slabs": len(plan.slabs), "resumed_from": k0, "estimate": plan.estimate, "seconds": clock}
 
 
 def _writer(path: Path, shape, dtype, properties: dict, tiff: bool, scratch: Path, resume: dict | None):
