@@ -86,6 +86,20 @@ def test_dead_worker_reports_how_it_died():
         list(run_jobs("helpers:kill_self", [Job("a", (1,)), Job("b", (2,))], 2, progress=False))
 
 
+def test_death_description_names_the_signal_before_a_survivors_status():
+    """A survivor that exits with a status of its own as the pool breaks does not hide the worker
+    that was killed (the order of the pool's processes is arbitrary)."""
+    import signal
+
+    from fastseg.runtime.workers import _death_description
+
+    for codes in ([255, -signal.SIGKILL], [-signal.SIGKILL, 255], [-signal.SIGTERM, 255, -signal.SIGKILL]):
+        assert "killed by SIGKILL (the kernel's out-of-memory killer" in _death_description(codes), codes
+    assert _death_description([-signal.SIGTERM, 3]) == "a worker process exited with status 3"
+    assert _death_description([-signal.SIGTERM]) == "a worker process was killed by SIGTERM"
+    assert _death_description([None, 0]) == "a worker process ended unexpectedly"
+
+
 def test_parallel_map_keeps_order_and_raises_the_original_error():
     assert parallel_map(abs, [-3, 1, -2, 5], 2, progress=False) == [3, 1, 2, 5]
     with pytest.raises(ValueError, match="invalid literal"):

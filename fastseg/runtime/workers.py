@@ -259,10 +259,10 @@ def _call(fn: Callable | str, *args: Any) -> Any:
 
 def _death_description(exitcodes: Sequence[int | None]) -> str:
     """How the workers of a broken pool ended, most telling first."""
-    # The pool terminates the survivors with SIGTERM once one worker dies; look past those.
-    codes = [c for c in exitcodes if c not in (None, 0, -signal.SIGTERM)] or [
-        c for c in exitcodes if c not in (None, 0)
-    ]
+    # The pool terminates the survivors with SIGTERM once one worker dies, and a survivor may exit
+    # with a status of its own as the pool breaks: a signal other than SIGTERM says most.
+    codes = [c for c in exitcodes if c not in (None, 0, -signal.SIGTERM)]
+    codes = [c for c in codes if c < 0] or codes or [c for c in exitcodes if c not in (None, 0)]
     if not codes:
         return "a worker process ended unexpectedly"
     code = codes[0]
