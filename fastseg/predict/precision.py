@@ -2,7 +2,8 @@
 
 - ``fp32``: float32 throughout, as nnU-Net runs on the CPU.
 - ``bf16``: the network under torch's bfloat16 autocast (convolutions and matrix products in
-  bfloat16, normalization and the outputs in float32); the tiles' outputs are accumulated in float32
+  bfloat16; on the CPU the instance normalization then runs in bfloat16 too, as autocast leaves it
+  in its input's type); the network's outputs are converted to float32 and accumulated in float32
   as with fp32. On CPUs with AMX tiles (`amx_bf16`) oneDNN runs the networks 2-2.5x faster
   this way (benchmarks/README.md, "Prediction"); the labels still agree with nnU-Net's float32
   prediction to the tolerance the tests hold.

@@ -208,16 +208,10 @@ class Predictor:
         return out, props
 
     def logits(self, data: np.ndarray, on_tiles=None) -> tuple[np.ndarray, np.ndarray]:
-        """Sliding window over a preprocessed image: (accumulator, weights).
-
-        Where `fastseg predict` keeps freed memory for the forward passes (`fastseg.runtime.heap`),
-        the accumulator, the weights and the tiles' outputs get mappings of their own: the heap the
-        forward passes reuse does not fragment around them and grow (measured: 100-250 MiB)."""
-        from fastseg.runtime import heap
-
-        with _torch_threads(self.threads), heap.forward_passes_only(self.networks) as networks:
+        """Sliding window over a preprocessed image: (accumulator, weights)."""
+        with _torch_threads(self.threads):
             return predict_logits(
-                networks,
+                self.networks,
                 data,
                 self.patch_size,
                 self.model.num_outputs,

@@ -660,7 +660,6 @@ def stream_case(
     if state is None:
         try:
             plan = make_plan(readers, properties, predictor, budget, case)
-            clock["read"] += time.perf_counter() - t
         except Exception:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -669,6 +668,7 @@ def stream_case(
     else:
         saved = state["plan"]
         plan = StreamPlan(**{k: (tuple(v) if k in ("raw", "cropped", "net", "padded", "pad_before") else v) for k, v in saved.items()})
+    clock["read"] += time.perf_counter() - t  # opening the inputs and the first pass (a resumed run has none)
     logger.info(
         "case %s: streaming in %d slabs of up to %d rows (planned peak %.3f GB of a %.3f GB budget)%s",
         case, len(plan.slabs), plan.window_rows, plan.estimate / 2**30, budget / 2**30,

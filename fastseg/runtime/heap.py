@@ -96,29 +96,3 @@ def map_large_allocations(threshold: int = _DEFAULT_MMAP_THRESHOLD) -> Iterator[
         mallopt(_M_MMAP_THRESHOLD, before if before is not None else _DEFAULT_MMAP_THRESHOLD)
         _state["mmap_threshold"] = before
 
-
-class HeapNetwork:
-    """Calls a network with the mmap threshold that was in force when it was wrapped, inside a
-    `map_large_allocations` block: the forward passes reuse the heap's freed buffers while every
-    other large array of the block gets its own mapping (callers treat it as the network itself)."""
-
-    def __init__(self, network, threshold: int) -> None:
-        self.network = network
-        self.threshold = threshold
-
-    def __call__(self, x):
-        with map_large_allocations(self.threshold):
-            return self.network(x)
-
-
-@contextlib.contextmanager
-def forward_passes_only(networks: list) -> Iterator[list]:
-    """Within the block, large allocations get their own mappings (`map_large_allocations`), except
-    inside calls of the yielded networks, which keep the threshold in force before the block. Where
-    no threshold was raised (`retain_freed_memory` not called), yields `networks` and changes nothing."""
-    threshold = mmap_threshold()
-    if threshold <= _DEFAULT_MMAP_THRESHOLD:
-        yield networks
-        return
-    with map_large_allocations():
-        yield [HeapNetwork(net, threshold) for net in networks]
