@@ -131,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(p.parent.name for p in model.checkpoints)}, {model.trainer_name}), device {args.device} ({predictor.precision}), "
         f"TTA {'over axes ' + str(predictor.mirror_axes) if predictor.mirror_axes else 'off'}"
     )
+    if args.device == "cpu":
+        import SimpleITK  # noqa: F401  (the readers' library, loaded before its start-up pages go)
+
+        from fastseg.runtime.pages import release_file_pages
+
+        release_file_pages()  # the start-up pages of torch's CUDA libraries and others (fastseg.runtime.pages)
     report = predictor.predict_cases(
         cases, outputs, save_probabilities=args.save_probabilities, skip_existing=args.continue_
     )

@@ -91,7 +91,8 @@ def _device_buffers(image: np.ndarray, num_outputs: int, device: Any) -> tuple[A
 def _mirrored_sum(networks: Sequence[Callable], x: Any, dims: Sequence[tuple[int, ...]], batch_size: int) -> Any:
     """Sum over the networks and over `x` and its flips along each of `dims` (flipped back) of the
     network outputs, float32. The inputs go through the networks `batch_size` at a time, and each
-    pass's outputs are added as soon as they come, so no more than one pass of outputs is held."""
+    pass's outputs are added as soon as they come, in their own dtype (the float32 sum converts a
+    bfloat16 output exactly), so no more than one pass of outputs is held."""
     import torch
 
     n = len(x)
@@ -101,11 +102,13 @@ def _mirrored_sum(networks: Sequence[Callable], x: Any, dims: Sequence[tuple[int
         for start in range(0, len(jobs), batch_size):
             part = jobs[start : start + batch_size]
             inputs = torch.stack([x[i] if d is None else torch.flip(x[i], [a - 1 for a in d]) for d, i in part])
-            out = net(inputs).float()
+            out = net(inputs)
+            del inputs
             if total is None:
                 total = torch.zeros((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
-            for (d, i), o in zip(part, out):
+            for (d, i), o in zip(part, out):  # added in float32 (exact for bfloat16 outputs), unflipped
                 total[i] += o if d is None else torch.flip(o, [a - 1 for a in d])
+            del out, o
     return total
 
 
@@ -190,7 +193,7 @@ def predict_logits(
                 )
             x = x.to(device, non_blocking=True)
             total = _mirrored_sum(networks, x, [tuple(a + 2 for a in combo) for combo in combos], batch_size)
-            total = total * scale
+            total.mul_(scale)
             if two_d:
                 total = total[:, :, None]
             tiles = total if buffers is not None else total.cpu()
