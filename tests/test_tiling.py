@@ -168,7 +168,9 @@ def test_gaussian_rejects_bad_arguments(kwargs, match):
 
 
 def _sliding_reference(net, data, patch, step, mirror_axes):
-    """A plain numpy sliding window: every tile (and its flips) through `net` one by one, float64 sums."""
+    """A plain numpy sliding window: every tile (and its flips) through `net` one by one, float64 sums;
+    like fastseg's, the weights count every output (a tile's copies included), so accumulator /
+    weights is the average."""
     from fastseg.predict.sliding import mirror_combinations, tile_offsets
 
     importance = gaussian_importance_map(patch).astype(np.float64)
@@ -183,8 +185,8 @@ def _sliding_reference(net, data, patch, step, mirror_axes):
             for combo in combos:
                 dims = tuple(d + 1 for d in combo)
                 out += torch.flip(net(torch.flip(x, tuple(d + 1 for d in dims)))[0].double(), dims)
-        acc[(slice(None), *sl)] += out.numpy() / (1 + len(combos)) * importance
-        weights[sl] += importance
+        acc[(slice(None), *sl)] += out.numpy() * importance
+        weights[sl] += (1 + len(combos)) * importance
     return acc, weights
 
 

@@ -43,8 +43,9 @@ def resolve_precision(precision: str, device: Any) -> str:
 class AutocastNetwork:
     """A network called under torch's bfloat16 autocast on its device type.
 
-    `_mirrored_sum` and every other caller treat it as the network itself: calling it returns the
-    network's output (bfloat16 where autocast produced it; callers convert to float32).
+    `accumulate_mirrored` and every other caller treat it as the network itself: calling it returns
+    the network's output (bfloat16 where autocast produced it; `fastseg.ops.accumulate_tiles` sums
+    it in float32).
     """
 
     def __init__(self, network: Any, device: Any) -> None:

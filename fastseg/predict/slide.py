@@ -73,7 +73,7 @@ from fastseg.io.atomic import atomic_path, write_json_atomic
 from fastseg.io.slide import LabelScratch, Slide, open_slide, write_label_pyramid
 from fastseg.ops import accumulate_tiles, gaussian_importance_map, normalize, sliding_window_offsets
 from fastseg.predict.export import export_case
-from fastseg.predict.sliding import _mirrored_sum, mirror_combinations
+from fastseg.predict.sliding import accumulate_mirrored, mirror_combinations
 from fastseg.runtime import heap
 
 logger = logging.getLogger(__name__)
@@ -675,7 +675,6 @@ def _stream(
     spacing = [999.0, *(float(s) for s in model.config["spacing"][-2:])]
     combos = mirror_combinations(predictor.mirror_axes)
     dims = [tuple(a + 2 for a in combo) for combo in combos]
-    scale = 1.0 / ((1 + len(combos)) * len(predictor.networks))
     importance = gaussian_importance_map(patch)
     first = next((k for k, c in enumerate(chunks) if int(c[:, 0].max()) + patch[0] > finished), len(chunks))
     done_tiles = sum(len(c) for c in chunks[:first])
@@ -724,9 +723,8 @@ def _stream(
                 rows.cover(top, bottom)
                 x = torch.stack([torch.from_numpy(rows.tile(int(y), int(c), patch)) for y, c in batch])
                 with heap.map_large_allocations(network_threshold):
-                    total = _mirrored_sum(predictor.networks, x.to(predictor.device), dims, batch_size)
-                total = (total * scale).cpu()
-                band.accumulate(total, batch, importance, patch)
+                    accumulate_mirrored(predictor.networks, x.to(predictor.device), dims, batch_size,
+                                        lambda outputs, rows: band.accumulate(outputs.cpu(), batch[rows], importance, patch))
                 bar.update(len(batch))
                 elapsed = time.perf_counter() - t0
                 if elapsed > 0:

@@ -10,6 +10,11 @@ nnU-Net's rule, tile for tile:
 - Each prediction is weighted by the Gaussian importance map and summed into an accumulator whose
   per-voxel weights divide it at the end.
 
+fastseg adds each network output (each copy of each tile, from each fold) into the accumulator as
+it comes, and the importance map into the weights with each of them: the weights count every
+output, so accumulator / weights is the same average without a per-tile sum held across the
+forward passes.
+
 What differs from nnU-Net's predictor, for speed: tiles and their mirrored copies go through the
 network together, `batch_size` inputs per forward pass (nnU-Net: one tile per pass), and the sums
 are float32 (nnU-Net: float16), added by `fastseg.ops.accumulate_tiles` -- the native CPU kernel,
@@ -88,28 +93,42 @@ def _device_buffers(image: np.ndarray, num_outputs: int, device: Any) -> tuple[A
         return None
 
 
-def _mirrored_sum(networks: Sequence[Callable], x: Any, dims: Sequence[tuple[int, ...]], batch_size: int) -> Any:
-    """Sum over the networks and over `x` and its flips along each of `dims` (flipped back) of the
-    network outputs, float32. The inputs go through the networks `batch_size` at a time, and each
-    pass's outputs are added as soon as they come, in their own dtype (the float32 sum converts a
-    bfloat16 output exactly), so no more than one pass of outputs is held."""
+def accumulate_mirrored(
+    networks: Sequence[Callable],
+    x: Any,
+    dims: Sequence[tuple[int, ...]],
+    batch_size: int,
+    add: Callable[[Any, np.ndarray], None],
+) -> None:
+    """Runs the tiles `x` (B, C, *patch) and their flips along each of `dims` (axes of `x`) through
+    the networks, `batch_size` inputs per forward pass, and hands each pass's outputs, flipped back,
+    to `add(outputs, rows)` as soon as they come: `outputs` (b, C, *patch) on the networks' device,
+    `rows` the indices in `x` of their tiles, in the order of the passes and, within a pass, of the
+    inputs (each run of outputs with the same flip at once). `add` sums them with the importance
+    map into the accumulator and adds the importance map to the weights for each output, so that
+    accumulator / weights is the average over the copies and the networks. Only one pass's outputs
+    are held at a time."""
     import torch
 
     n = len(x)
     jobs = [(None, i) for i in range(n)] + [(d, i) for d in dims for i in range(n)]  # (flip, tile)
-    total = None
     for net in networks:
         for start in range(0, len(jobs), batch_size):
             part = jobs[start : start + batch_size]
             inputs = torch.stack([x[i] if d is None else torch.flip(x[i], [a - 1 for a in d]) for d, i in part])
             out = net(inputs)
             del inputs
-            if total is None:
-                total = torch.zeros((n, *out.shape[1:]), dtype=torch.float32, device=out.device)
-            for (d, i), o in zip(part, out):  # added in float32 (exact for bfloat16 outputs), unflipped
-                total[i] += o if d is None else torch.flip(o, [a - 1 for a in d])
-            del out, o
-    return total
+            first = 0
+            while first < len(part):
+                flip = part[first][0]
+                end = first
+                while end < len(part) and part[end][0] == flip:
+                    end += 1
+                tiles = out[first:end] if flip is None else torch.flip(out[first:end], list(flip))
+                add(tiles, np.asarray([i for _, i in part[first:end]], dtype=np.int64))
+                del tiles
+                first = end
+            del out
 
 
 def predict_logits(
@@ -179,9 +198,15 @@ def predict_logits(
         source = torch.from_numpy(padded)
 
     combos = mirror_combinations(mirror_axes)
-    copies = 1 + len(combos)
-    scale = 1.0 / (copies * len(networks))
-    tiles_per_pass = max(1, batch_size // copies)
+    dims = [tuple(a + 2 for a in combo) for combo in combos]
+    tiles_per_pass = max(1, batch_size // (1 + len(combos)))
+    on_device = buffers is not None
+
+    def add(tiles, at):
+        if two_d:
+            tiles = tiles[:, :, None]
+        accumulate_tiles(accumulator, tiles if on_device else tiles.cpu(), at, weights=weights, importance_map=importance)
+
     with torch.inference_mode():
         for start in range(0, len(offsets), tiles_per_pass):
             batch = offsets[start : start + tiles_per_pass]
@@ -192,12 +217,8 @@ def predict_logits(
                     [source[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in batch]
                 )
             x = x.to(device, non_blocking=True)
-            total = _mirrored_sum(networks, x, [tuple(a + 2 for a in combo) for combo in combos], batch_size)
-            total.mul_(scale)
-            if two_d:
-                total = total[:, :, None]
-            tiles = total if buffers is not None else total.cpu()
-            accumulate_tiles(accumulator, tiles, batch, weights=weights, importance_map=importance)
+            accumulate_mirrored(networks, x, dims, batch_size, lambda tiles, rows, at=batch: add(tiles, at[rows]))
+            del x
             if on_tiles is not None:
                 on_tiles(len(batch))
     if any(s != slice(None) for s in cut):

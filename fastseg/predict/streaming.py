@@ -75,12 +75,12 @@ from fastseg.ops import accumulate_tiles, compute_new_shape, export_segmentation
 from fastseg.ops import separate_z_axis
 from fastseg.ops.normalize import channel_statistics, merge_statistics, normalize
 from fastseg.ops.resample_rows import CUBIC_HALO, resample_rows, rows_needed
-from fastseg.predict.sliding import _mirrored_sum, mirror_combinations, tile_offsets
+from fastseg.predict.sliding import accumulate_mirrored, mirror_combinations, tile_offsets
 from fastseg.runtime import heap
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2  # 2: weights count every network output (accumulate_mirrored)
 #: Part of the budget the planned arrays may take; the rest covers what the estimates leave out.
 _HEADROOM = 0.85
 _STAT_SCHEMES = ("ZScoreNormalization", "RescaleTo01Normalization")
@@ -433,9 +433,9 @@ class _Rows:
             start = end
 
 
-def _run_batch(predictor: Any, source, tiles: np.ndarray, acc, weights, importance, two_d: bool, combos, scale) -> None:
-    """One forward pass over `tiles` (offsets relative to the window) and its accumulation, as the
-    in-memory sliding window does it."""
+def _run_batch(predictor: Any, source, tiles: np.ndarray, acc, weights, importance, two_d: bool, combos) -> None:
+    """One group of tiles (offsets relative to the window) through the networks with their copies and
+    their accumulation, as the in-memory sliding window does it (`accumulate_mirrored`)."""
     import torch
 
     patch = predictor.patch_size
@@ -444,11 +444,15 @@ def _run_batch(predictor: Any, source, tiles: np.ndarray, acc, weights, importan
     else:
         x = torch.stack([source[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in tiles])
     x = x.to(predictor.device, non_blocking=True)
-    total = _mirrored_sum(predictor.networks, x, [tuple(a + 2 for a in combo) for combo in combos], predictor.batch_size)
-    total.mul_(scale)  # in place: the same values as the in-memory path's `total * scale`
-    if two_d:
-        total = total[:, :, None]
-    accumulate_tiles(acc, total.cpu(), np.ascontiguousarray(tiles), weights=weights, importance_map=importance)
+    tiles = np.ascontiguousarray(tiles)
+
+    def add(outputs, rows):
+        outputs = outputs.cpu()
+        accumulate_tiles(acc, outputs[:, :, None] if two_d else outputs, tiles[rows], weights=weights,
+                         importance_map=importance)
+
+    accumulate_mirrored(predictor.networks, x, [tuple(a + 2 for a in combo) for combo in combos],
+                        predictor.batch_size, add)
 
 
 class _Exporter:
@@ -678,7 +682,6 @@ def stream_case(
     two_d = len(geo.patch) == 2
     offsets = tile_offsets(plan.padded, geo.patch, predictor.step_size)
     combos = mirror_combinations(predictor.mirror_axes)
-    scale = 1.0 / ((1 + len(combos)) * len(predictor.networks))
     importance = gaussian_importance_map(geo.patch)
     if two_d:
         importance = importance[None]
@@ -751,7 +754,7 @@ def stream_case(
                 for start_tile in range(0, len(local), tpp):
                     with heap.map_large_allocations(network_threshold):
                         _run_batch(predictor, source, local[start_tile : start_tile + tpp], acc, wts, importance,
-                                   two_d, combos, scale)
+                                   two_d, combos)
                 final_end = int(offsets[b1 * tpp, 0]) if b1 * tpp < len(offsets) else plan.padded[0]
                 t = time.perf_counter()
                 written = exporter.export(acc, wts, w0, final_end)

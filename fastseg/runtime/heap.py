@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _LARGEST = 2**31 - 1  # mallopt takes an int
 
 
@@ -53,12 +54,16 @@ def _mallopt():
 
 
 def retain_freed_memory() -> bool:
-    """Makes glibc keep freed memory for reuse (mmap and trim thresholds at 2 GiB); False where the
-    C library is not glibc or refuses."""
+    """Makes glibc keep freed memory for reuse (mmap and trim thresholds at 2 GiB), in one heap for
+    all threads (`M_ARENA_MAX` 1: what a stage's thread frees, reading or writing a case, is reused
+    by the forward passes and the other stages instead of being kept apart in a heap of its own;
+    call it before the process starts its threads); False where the C library is not glibc or
+    refuses."""
     mallopt = _mallopt()
     if mallopt is None:
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, _LARGEST)) and bool(mallopt(_M_TRIM_THRESHOLD, _LARGEST))
+    ok = ok and bool(mallopt(_M_ARENA_MAX, 1))
     if ok:
         _state["mmap_threshold"] = _LARGEST
     logger.debug("glibc keeps freed memory for reuse: %s", ok)
