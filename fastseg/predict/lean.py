@@ -23,6 +23,7 @@ in-place concatenation and the per-layer release take a little more off (benchma
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 
@@ -47,10 +48,11 @@ def lean_forward_applies(network: Any) -> bool:
     return len(decoder.stages) == len(encoder.stages) - 1 == len(decoder.transpconvs)
 
 
-def _layers(module: Any) -> list:
-    """The modules that `module(x)` applies one after the other, where `module` is a plain chain of
-    the library (`nn.Sequential`, `StackedConvBlocks`, `ConvDropoutNormReLU`, by exact type: a
-    subclass may change its forward); `[module]` for anything else."""
+#: `_layers` of each stage already looked at (the forward passes of a prediction walk the same stages).
+_LAYERS: "weakref.WeakKeyDictionary[Any, list]" = weakref.WeakKeyDictionary()
+
+
+def _chain(module: Any) -> list:
     from dynamic_network_architectures.building_blocks.simple_conv_blocks import (
         ConvDropoutNormReLU,
         StackedConvBlocks,
@@ -58,12 +60,22 @@ def _layers(module: Any) -> list:
     from torch import nn
 
     if type(module) is nn.Sequential:
-        return [layer for child in module for layer in _layers(child)]
+        return [layer for child in module for layer in _chain(child)]
     if type(module) is StackedConvBlocks:
-        return _layers(module.convs)
+        return _chain(module.convs)
     if type(module) is ConvDropoutNormReLU:
-        return _layers(module.all_modules)
+        return _chain(module.all_modules)
     return [module]
+
+
+def _layers(module: Any) -> list:
+    """The modules that `module(x)` applies one after the other, where `module` is a plain chain of
+    the library (`nn.Sequential`, `StackedConvBlocks`, `ConvDropoutNormReLU`, by exact type: a
+    subclass may change its forward); `[module]` for anything else. Looked up once per module."""
+    layers = _LAYERS.get(module)
+    if layers is None:
+        layers = _LAYERS[module] = _chain(module)
+    return layers
 
 
 def _run(module: Any, held: list) -> Any:

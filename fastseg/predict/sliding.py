@@ -131,6 +131,24 @@ def accumulate_mirrored(
             del out
 
 
+def tile_adder(accumulator: Any, weights: Any, importance: Any, two_d: bool) -> Callable[[Any, np.ndarray], None]:
+    """`add(outputs, offsets)`: adds network outputs (B, C, *patch) at `offsets` into `accumulator`
+    with `importance`, and `importance` into `weights` for each (`fastseg.ops.accumulate_tiles`); a
+    2d configuration's outputs as one-slice tiles; moved to the host first unless the accumulator is
+    a tensor on their device."""
+    import torch
+
+    host = not isinstance(accumulator, torch.Tensor) or accumulator.device.type == "cpu"
+
+    def add(outputs: Any, offsets: np.ndarray) -> None:
+        if two_d:
+            outputs = outputs[:, :, None]
+        accumulate_tiles(accumulator, outputs.cpu() if host else outputs, offsets, weights=weights,
+                         importance_map=importance)
+
+    return add
+
+
 def predict_logits(
     networks: Sequence[Callable],
     data: np.ndarray,
@@ -200,12 +218,7 @@ def predict_logits(
     combos = mirror_combinations(mirror_axes)
     dims = [tuple(a + 2 for a in combo) for combo in combos]
     tiles_per_pass = max(1, batch_size // (1 + len(combos)))
-    on_device = buffers is not None
-
-    def add(tiles, at):
-        if two_d:
-            tiles = tiles[:, :, None]
-        accumulate_tiles(accumulator, tiles if on_device else tiles.cpu(), at, weights=weights, importance_map=importance)
+    add = tile_adder(accumulator, weights, importance, two_d)
 
     with torch.inference_mode():
         for start in range(0, len(offsets), tiles_per_pass):

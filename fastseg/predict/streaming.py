@@ -71,11 +71,11 @@ from fastseg.io.atomic import write_json_atomic
 from fastseg.io.formats import split_ending
 from fastseg.io.nifti_stream import NiftiSlabWriter, SlabReader, decompress_voxels, open_nifti_volume
 from fastseg.io.tiff_stream import TIFF_ENDINGS, TiffSlabWriter
-from fastseg.ops import accumulate_tiles, compute_new_shape, export_segmentation, gaussian_importance_map, resample
+from fastseg.ops import compute_new_shape, export_segmentation, gaussian_importance_map, resample
 from fastseg.ops import separate_z_axis
 from fastseg.ops.normalize import channel_statistics, merge_statistics, normalize
 from fastseg.ops.resample_rows import CUBIC_HALO, resample_rows, rows_needed
-from fastseg.predict.sliding import accumulate_mirrored, mirror_combinations, tile_offsets
+from fastseg.predict.sliding import accumulate_mirrored, mirror_combinations, tile_adder, tile_offsets
 from fastseg.runtime import heap
 
 logger = logging.getLogger(__name__)
@@ -445,14 +445,9 @@ def _run_batch(predictor: Any, source, tiles: np.ndarray, acc, weights, importan
         x = torch.stack([source[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]] for a, b, c in tiles])
     x = x.to(predictor.device, non_blocking=True)
     tiles = np.ascontiguousarray(tiles)
-
-    def add(outputs, rows):
-        outputs = outputs.cpu()
-        accumulate_tiles(acc, outputs[:, :, None] if two_d else outputs, tiles[rows], weights=weights,
-                         importance_map=importance)
-
+    add = tile_adder(acc, weights, importance, two_d)
     accumulate_mirrored(predictor.networks, x, [tuple(a + 2 for a in combo) for combo in combos],
-                        predictor.batch_size, add)
+                        predictor.batch_size, lambda outputs, rows: add(outputs, tiles[rows]))
 
 
 class _Exporter:
